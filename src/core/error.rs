@@ -1,0 +1,69 @@
+//! The error type of the pure pipeline. It knows nothing of PostgreSQL: the glue layer maps each
+//! [`ErrorKind`] to its SQLSTATE (see `pg::error`).
+
+use std::fmt;
+
+/// What went wrong, in terms a caller can act on. Each kind has exactly one SQLSTATE.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// A parameter or option value is out of range or malformed (22023).
+    InvalidParameter,
+    /// A named column does not exist, or none could be detected (42703).
+    UndefinedColumn,
+    /// More than one column matches a role (42702).
+    AmbiguousColumn,
+    /// A column exists but has the wrong type for its role (42804).
+    DatatypeMismatch,
+    /// A model, table or other object does not exist (42704).
+    UndefinedObject,
+    /// A model name cannot be used as one (42602).
+    InvalidName,
+    /// The source has no usable rows (P0002 no_data_found).
+    NoData,
+    /// A size limit was exceeded (54000).
+    LimitExceeded,
+    /// Training failed for a reason that is not the caller's input (XX000 is never used; 55000).
+    TrainingFailed,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SegError {
+    pub kind: ErrorKind,
+    pub message: String,
+    pub detail: Option<String>,
+    pub hint: Option<String>,
+}
+
+impl SegError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        SegError { kind, message: message.into(), detail: None, hint: None }
+    }
+
+    pub fn detail(mut self, detail: impl Into<String>) -> Self {
+        self.detail = Some(detail.into());
+        self
+    }
+
+    pub fn hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::InvalidParameter, message)
+    }
+}
+
+impl fmt::Display for SegError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)?;
+        if let Some(d) = &self.detail {
+            write!(f, " ({d})")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for SegError {}
+
+pub type Result<T> = std::result::Result<T, SegError>;

@@ -1,0 +1,364 @@
+//! The behaviour features and the one set-based SQL statement that computes them.
+//!
+//! Everything here is text generation and bookkeeping; the aggregation itself runs inside
+//! PostgreSQL (one windowed aggregate pass per source, so parallel workers can scan it).
+
+/// How a raw feature value is transformed before scaling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transform {
+    Linear,
+    /// `sign(x)·ln(1+|x|)`: for heavy-tailed counts and money.
+    Log,
+}
+
+/// What a missing value (a user with no rows of that kind) becomes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Impute {
+    Zero,
+    Median,
+    /// The upper clip value: "as long ago as anybody" for recency-like features.
+    High,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct FeatureDef {
+    pub name: String,
+    pub transform: Transform,
+    pub impute: Impute,
+    /// The aggregate expression (over the cleaned rows `o`), or over events `e`.
+    #[serde(skip)]
+    pub sql: String,
+}
+
+fn def(name: &str, transform: Transform, impute: Impute, sql: impl Into<String>) -> FeatureDef {
+    FeatureDef { name: name.to_string(), transform, impute, sql: sql.into() }
+}
+
+/// The features that are also stored as plainly named columns of the per-user table.
+pub const RFM_COLUMNS: &[&str] =
+    &["recency_days", "frequency", "monetary", "avg_order_value", "tenure_days"];
+
+/// Event types counted by the funnel features (matched case-insensitively).
+pub const VIEW_TYPES: &[&str] = &["view", "page_view", "pageview", "product_view", "visit"];
+pub const CART_TYPES: &[&str] = &["cart", "add_to_cart", "addtocart", "cart_add"];
+pub const PURCHASE_TYPES: &[&str] = &["purchase", "order", "checkout", "buy", "transaction"];
+pub const SEARCH_TYPES: &[&str] = &["search"];
+
+/// Double-quotes an identifier the way PostgreSQL's `quote_ident` would, always quoting.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// A string literal that is safe whatever `standard_conforming_strings` says.
+pub fn quote_literal(s: &str) -> String {
+    if s.contains('\\') {
+        format!("E'{}'", s.replace('\\', "\\\\").replace('\'', "''"))
+    } else {
+        format!("'{}'", s.replace('\'', "''"))
+    }
+}
+
+fn in_list(values: &[&str]) -> String {
+    values.iter().map(|v| quote_literal(v)).collect::<Vec<_>>().join(", ")
+}
+
+/// The resolved columns of the orders source, as already-quoted SQL identifiers.
+#[derive(Debug, Clone)]
+pub struct OrdersSql {
+    /// The relation, as `regclass::text` prints it (quoted where needed).
+    pub relation: String,
+    pub user: String,
+    pub time: String,
+    pub amount: String,
+    pub category: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct EventsSql {
+    pub relation: String,
+    pub user: String,
+    pub time: String,
+    pub event_type: String,
+}
+
+/// Reference time as seconds since the epoch (PostgreSQL computed it, so it is exact).
+#[derive(Debug, Clone, Copy)]
+pub struct AsOf(pub f64);
+
+impl AsOf {
+    fn sql(self) -> String {
+        format!("to_timestamp({:.6})", self.0)
+    }
+}
+
+/// The predicate that keeps a usable order row. The same predicate is used by the skip count,
+/// so "used + skipped = total" holds by construction.
+pub fn usable_order_predicate(o: &OrdersSql, as_of: AsOf) -> String {
+    format!(
+        "{u} IS NOT NULL AND {t} IS NOT NULL AND {a} IS NOT NULL \
+         AND ({a})::float8 NOT IN ('NaN', 'Infinity', '-Infinity') \
+         AND ({t})::timestamptz <= {asof}",
+        u = o.user,
+        t = o.time,
+        a = o.amount,
+        asof = as_of.sql()
+    )
+}
+
+/// One pass that counts every skipped row by reason, plus exact duplicates.
+pub fn skipped_rows_sql(o: &OrdersSql, as_of: AsOf) -> String {
+    format!(
+        "SELECT count(*) AS total, \
+           count(*) FILTER (WHERE {u} IS NULL) AS null_user, \
+           count(*) FILTER (WHERE {t} IS NULL) AS null_time, \
+           count(*) FILTER (WHERE {a} IS NULL) AS null_amount, \
+           count(*) FILTER (WHERE ({a})::float8 IN ('NaN', 'Infinity', '-Infinity')) AS non_finite_amount, \
+           count(*) FILTER (WHERE ({t})::timestamptz > {asof}) AS after_as_of \
+         FROM {rel}",
+        u = o.user,
+        t = o.time,
+        a = o.amount,
+        asof = as_of.sql(),
+        rel = o.relation
+    )
+}
+
+/// The most frequent categories among usable rows, for the category-mix features.
+pub fn top_categories_sql(o: &OrdersSql, as_of: AsOf, limit: usize) -> Option<String> {
+    let c = o.category.as_ref()?;
+    Some(format!(
+        "SELECT ({c})::text AS category FROM {rel} WHERE {pred} AND {c} IS NOT NULL \
+         GROUP BY 1 HAVING count(*) * 100 >= (SELECT count(*) FROM {rel}) \
+         ORDER BY count(*) DESC, 1 LIMIT {limit}",
+        rel = o.relation,
+        pred = usable_order_predicate(o, as_of)
+    ))
+}
+
+/// The feature catalogue for a source shape, in vector order.
+pub fn catalogue(categories: &[String], has_category: bool, events: bool) -> Vec<FeatureDef> {
+    use Impute::*;
+    use Transform::*;
+    // Every aggregate reads the cleaned, windowed rows `o` and is filtered by `keep`.
+    let mut f = vec![
+        def("recency_days", Log, High, "greatest(0, extract(epoch FROM {asof} - max(t){f}) / 86400)"),
+        def("frequency", Log, Zero, "count(*){f}"),
+        def("monetary", Log, Zero, "sum(a){f}"),
+        def("avg_order_value", Log, Zero, "avg(a){f}"),
+        def("tenure_days", Log, Median, "greatest(0, extract(epoch FROM {asof} - min(t){f}) / 86400)"),
+        def("interval_mean_days", Log, High, "avg(gap){f}"),
+        def("interval_std_days", Log, Median, "stddev_pop(gap){f}"),
+        def("orders_30d", Log, Zero, "count(*) FILTER (WHERE {k}t > {asof} - interval '30 days')"),
+        def("monetary_90d", Log, Zero, "coalesce(sum(a) FILTER (WHERE {k}t > {asof} - interval '90 days'), 0)"),
+        def("weekend_share", Linear, Median, "avg((extract(isodow FROM t) >= 6)::int){f}"),
+        def("hour_sin", Linear, Median, "avg(sin(2 * pi() * extract(hour FROM t) / 24)){f}"),
+        def("hour_cos", Linear, Median, "avg(cos(2 * pi() * extract(hour FROM t) / 24)){f}"),
+    ];
+    if has_category {
+        for c in categories {
+            f.push(def(
+                &format!("category:{c}"),
+                Linear,
+                Zero,
+                format!("avg((c = {})::int){{f}}", quote_literal(c)),
+            ));
+        }
+        let listed = if categories.is_empty() {
+            "true".to_string()
+        } else {
+            format!(
+                "c IS NULL OR c NOT IN ({})",
+                categories.iter().map(|c| quote_literal(c)).collect::<Vec<_>>().join(", ")
+            )
+        };
+        f.push(def("category:other", Linear, Zero, format!("avg(({listed})::int){{f}}")));
+    }
+    if events {
+        f.extend([
+            def("events", Log, Zero, "e.events"),
+            def("views", Log, Zero, "e.views"),
+            def("carts", Log, Zero, "e.carts"),
+            def("searches", Log, Zero, "e.searches"),
+            def("cart_rate", Linear, Zero, "e.carts / nullif(e.views, 0)"),
+            def(
+                "purchase_rate",
+                Linear,
+                Zero,
+                "least(1, coalesce(g.frequency, 0) / nullif(greatest(e.views, e.carts), 0))",
+            ),
+            def("event_recency_days", Log, High, "e.event_recency_days"),
+        ]);
+    }
+    f
+}
+
+/// The statement that materialises one row per user (`rn`, `user_id`, the per-user duplicate
+/// count `duplicates`, then one float8 column per feature) into the temp table `table`.
+pub fn features_sql(
+    table: &str,
+    o: &OrdersSql,
+    events: Option<&EventsSql>,
+    feats: &[FeatureDef],
+    as_of: AsOf,
+    dedupe: bool,
+) -> String {
+    let asof = as_of.sql();
+    let (filter, keep) = if dedupe { (" FILTER (WHERE NOT dup)", "NOT dup AND ") } else { ("", "") };
+    let category = o.category.as_deref().map(|c| format!("({c})::text")).unwrap_or("NULL::text".into());
+    let order_feats: Vec<&FeatureDef> = feats.iter().filter(|f| !f.sql.contains("e.")).collect();
+    let mut agg_cols = vec![
+        "user_id".to_string(),
+        "count(*) FILTER (WHERE dup) AS duplicates".to_string(),
+    ];
+    for f in &order_feats {
+        let expr = fill(&f.sql, &[("{asof}", &asof), ("{k}", keep), ("{f}", filter)]);
+        agg_cols.push(format!("({expr})::float8 AS {}", quote_ident(&f.name)));
+    }
+    let orders_cte = format!(
+        "o AS (\
+           SELECT u AS user_id, t, a, c, \
+             extract(epoch FROM t - lag(t) OVER w) / 86400 AS gap, \
+             coalesce(lag(t) OVER w = t AND lag(a) OVER w = a \
+                      AND lag(c) OVER w IS NOT DISTINCT FROM c, false) AS dup \
+           FROM (SELECT {u} AS u, ({t})::timestamptz AS t, ({a})::float8 AS a, {category} AS c \
+                 FROM {rel} WHERE {pred}) s \
+           WINDOW w AS (PARTITION BY u ORDER BY t, a, c)), \
+         g AS (SELECT {cols} FROM o GROUP BY user_id)",
+        u = o.user,
+        t = o.time,
+        a = o.amount,
+        rel = o.relation,
+        pred = usable_order_predicate(o, as_of),
+        cols = agg_cols.join(", ")
+    );
+    let order_names = order_feats.iter().map(|f| format!("g.{}", quote_ident(&f.name)));
+    match events {
+        None => format!(
+            "CREATE TEMP TABLE {table} ON COMMIT DROP AS \
+             WITH {orders_cte} \
+             SELECT row_number() OVER (ORDER BY g.user_id) AS rn, g.user_id, g.duplicates, {cols} \
+             FROM g",
+            cols = order_names.collect::<Vec<_>>().join(", ")
+        ),
+        Some(e) => {
+            let event_feats = feats.iter().filter(|f| f.sql.contains("e."));
+            let cols: Vec<String> = order_names
+                .chain(event_feats.map(|f| format!("({})::float8 AS {}", f.sql, quote_ident(&f.name))))
+                .collect();
+            format!(
+                "CREATE TEMP TABLE {table} ON COMMIT DROP AS \
+                 WITH {orders_cte}, \
+                 e AS (SELECT {eu} AS user_id, count(*)::float8 AS events, \
+                         count(*) FILTER (WHERE lower(({et})::text) IN ({views}))::float8 AS views, \
+                         count(*) FILTER (WHERE lower(({et})::text) IN ({carts}))::float8 AS carts, \
+                         count(*) FILTER (WHERE lower(({et})::text) IN ({searches}))::float8 AS searches, \
+                         greatest(0, extract(epoch FROM {asof} - max(({etime})::timestamptz)) / 86400) AS event_recency_days \
+                       FROM {erel} \
+                       WHERE {eu} IS NOT NULL AND {etime} IS NOT NULL AND ({etime})::timestamptz <= {asof} \
+                       GROUP BY 1) \
+                 SELECT row_number() OVER (ORDER BY coalesce(g.user_id, e.user_id)) AS rn, \
+                        coalesce(g.user_id, e.user_id) AS user_id, coalesce(g.duplicates, 0) AS duplicates, \
+                        {cols} \
+                 FROM g FULL JOIN e ON e.user_id = g.user_id",
+                eu = e.user,
+                et = e.event_type,
+                etime = e.time,
+                erel = e.relation,
+                views = in_list(VIEW_TYPES),
+                carts = in_list(CART_TYPES),
+                searches = in_list(SEARCH_TYPES),
+                cols = cols.join(", ")
+            )
+        }
+    }
+}
+
+/// Replaces placeholders outside single-quoted literals, so a category named `{f}` stays
+/// a category name.
+fn fill(template: &str, subs: &[(&str, &str)]) -> String {
+    let mut out = String::with_capacity(template.len() + 64);
+    let mut in_literal = false;
+    let mut rest = template;
+    while let Some(ch) = rest.chars().next() {
+        if ch == '\'' {
+            in_literal = !in_literal; // a doubled quote toggles twice: still right
+        } else if !in_literal {
+            if let Some((from, to)) = subs.iter().find(|(from, _)| rest.starts_with(from)) {
+                out.push_str(to);
+                rest = &rest[from.len()..];
+                continue;
+            }
+        }
+        out.push(ch);
+        rest = &rest[ch.len_utf8()..];
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting() {
+        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+        assert_eq!(quote_literal("it's"), "'it''s'");
+        assert_eq!(quote_literal("a\\b'"), "E'a\\\\b'''");
+    }
+
+    #[test]
+    fn catalogue_shape() {
+        let cats = vec!["books".to_string(), "toys".to_string()];
+        let f = catalogue(&cats, true, true);
+        let names: Vec<&str> = f.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(&names[..5], RFM_COLUMNS);
+        assert!(names.contains(&"category:books") && names.contains(&"category:other"));
+        assert!(names.contains(&"purchase_rate"));
+        let no_cat = catalogue(&[], false, false);
+        assert!(no_cat.iter().all(|f| !f.name.starts_with("category:")));
+    }
+
+    #[test]
+    fn placeholders_are_not_replaced_inside_literals() {
+        assert_eq!(fill("avg((c = '{f}')::int){f}", &[("{f}", " F")]), "avg((c = '{f}')::int) F");
+        assert_eq!(fill("'it''s {k}' {k}", &[("{k}", "K")]), "'it''s {k}' K");
+    }
+
+    #[test]
+    fn dedupe_filters_every_aggregate() {
+        let o = OrdersSql {
+            relation: "o".into(),
+            user: "u".into(),
+            time: "t".into(),
+            amount: "a".into(),
+            category: None,
+        };
+        let feats = catalogue(&[], false, false);
+        let plain = features_sql("f", &o, None, &feats, AsOf(0.0), false);
+        let dedup = features_sql("f", &o, None, &feats, AsOf(0.0), true);
+        assert!(!plain.contains("NOT dup"));
+        // every order feature aggregate is filtered: one FILTER per plain aggregate call
+        assert_eq!(dedup.matches("NOT dup").count(), feats.len());
+        assert!(!dedup.contains("{f}") && !dedup.contains("{k}"));
+    }
+
+    #[test]
+    fn sql_uses_quoted_names_and_literal_categories() {
+        let o = OrdersSql {
+            relation: "public.\"Orders\"".into(),
+            user: quote_ident("Customer"),
+            time: quote_ident("ts"),
+            amount: quote_ident("amt"),
+            category: Some(quote_ident("cat")),
+        };
+        let cats = vec!["it's".to_string()];
+        let feats = catalogue(&cats, true, false);
+        let sql = features_sql("pg_temp.f", &o, None, &feats, AsOf(0.0), false);
+        assert!(sql.contains("\"Customer\" AS u"));
+        assert!(sql.contains("'it''s'"));
+        assert!(sql.contains("AS \"category:it's\""));
+        assert!(!sql.contains("{asof}"));
+    }
+}

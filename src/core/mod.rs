@@ -1,0 +1,13 @@
+//! The pure pipeline: no PostgreSQL here (a test greps for it). Each module is unit-tested
+//! with plain `cargo test`.
+
+pub mod clustering;
+pub mod detect;
+pub mod embedding;
+pub mod error;
+pub mod features;
+pub mod metrics;
+pub mod naming;
+pub mod options;
+pub mod pipeline;
+pub mod scaling;
