@@ -70,15 +70,39 @@ fn training_failed(e: impl std::fmt::Display) -> SegError {
 
 /// K-means with k-means++ seeding; the best of `runs` initialisations by inertia.
 pub fn kmeans(x: ArrayView2<f64>, k: usize, runs: usize, seed: u64) -> Result<Array2<f64>> {
+    kmeans_from(x, k, runs, seed, None)
+}
+
+/// K-means that also tries `warm` (previous centroids) as one start, keeping whichever start
+/// ends with the lowest inertia on `x`.
+pub fn kmeans_from(
+    x: ArrayView2<f64>,
+    k: usize,
+    runs: usize,
+    seed: u64,
+    warm: Option<&Array2<f64>>,
+) -> Result<Array2<f64>> {
     let data = DatasetBase::from(x.to_owned());
-    let model = KMeans::params_with_rng(k, Xoshiro256Plus::seed_from_u64(seed))
-        .n_runs(runs.max(1))
-        .max_n_iterations(300)
-        .tolerance(1e-6)
-        .init_method(KMeansInit::KMeansPlusPlus)
-        .fit(&data)
-        .map_err(training_failed)?;
-    Ok(model.centroids().clone())
+    let fit = |init: KMeansInit<f64>, runs: usize| {
+        KMeans::params_with_rng(k, Xoshiro256Plus::seed_from_u64(seed))
+            .n_runs(runs.max(1))
+            .max_n_iterations(300)
+            .tolerance(1e-6)
+            .init_method(init)
+            .fit(&data)
+            .map(|m| m.centroids().clone())
+            .map_err(training_failed)
+    };
+    let best = fit(KMeansInit::KMeansPlusPlus, runs)?;
+    let Some(warm) = warm.filter(|w| w.nrows() == k && w.ncols() == x.ncols()) else {
+        return Ok(best);
+    };
+    let warmed = fit(KMeansInit::Precomputed(warm.clone()), 1)?;
+    let inertia = |c: &Array2<f64>| {
+        let cl = Clustering { centroids: c.clone(), radii: None };
+        super::metrics::inertia(x, &labels_of(&cl.assign(x)), c)
+    };
+    Ok(if inertia(&warmed) < inertia(&best) { warmed } else { best })
 }
 
 /// Orders clusters by size (largest first, ties by centroid coordinates) so segment ids are
@@ -105,6 +129,8 @@ pub fn order_by_size(c: Clustering, x: ArrayView2<f64>) -> Clustering {
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct KScore {
     pub k: usize,
+    #[serde(skip)]
+    pub centroids: Option<Array2<f64>>,
     pub silhouette: f64,
     pub davies_bouldin: f64,
     pub inertia: f64,
@@ -127,6 +153,7 @@ pub fn choose_k(x: ArrayView2<f64>, range: (usize, usize), seed: u64) -> Result<
         let (sil, _) = silhouette(s.view(), &labels, k, seed);
         scores.push(KScore {
             k,
+            centroids: Some(c.centroids.clone()),
             silhouette: sil,
             davies_bouldin: davies_bouldin(s.view(), &labels, &c.centroids),
             inertia: super::metrics::inertia(s.view(), &labels, &c.centroids),

@@ -22,8 +22,12 @@ pub enum ErrorKind {
     NoData,
     /// A size limit was exceeded (54000).
     LimitExceeded,
-    /// Training failed for a reason that is not the caller's input (XX000 is never used; 55000).
+    /// A table named in an option does not exist (42P01).
+    UndefinedTable,
+    /// Training could not produce a model from this data (55000 object_not_in_prerequisite_state).
     TrainingFailed,
+    /// A bug in pg_segment, never the caller's fault (XX000).
+    Internal,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -27,13 +27,17 @@ pub struct FeatureDef {
     pub name: String,
     pub transform: Transform,
     pub impute: Impute,
+    /// Multiplies the scaled value. Features that describe one thing together (the category
+    /// mix, the time-of-week pattern) share a weight of 1/sqrt(group size), so a group counts
+    /// like one feature in distances however many columns it has.
+    pub weight: f64,
     /// The aggregate expression (over the cleaned rows `o`), or over events `e`.
     #[serde(skip)]
     pub sql: String,
 }
 
 fn def(name: &str, transform: Transform, impute: Impute, sql: impl Into<String>) -> FeatureDef {
-    FeatureDef { name: name.to_string(), transform, impute, sql: sql.into() }
+    FeatureDef { name: name.to_string(), transform, impute, weight: 1.0, sql: sql.into() }
 }
 
 /// The features that are also stored as plainly named columns of the per-user table.
@@ -125,20 +129,36 @@ pub fn skipped_rows_sql(o: &OrdersSql, as_of: AsOf) -> String {
     )
 }
 
-/// The most frequent categories among usable rows, for the category-mix features.
+/// The most frequent categories among usable rows (each at least 1% of them) with their share
+/// of all usable rows, for the category-mix features.
 pub fn top_categories_sql(o: &OrdersSql, as_of: AsOf, limit: usize) -> Option<String> {
     let c = o.category.as_ref()?;
     Some(format!(
-        "SELECT ({c})::text AS category FROM {rel} WHERE {pred} AND {c} IS NOT NULL \
-         GROUP BY 1 HAVING count(*) * 100 >= (SELECT count(*) FROM {rel}) \
-         ORDER BY count(*) DESC, 1 LIMIT {limit}",
+        "SELECT category, share FROM (\
+           SELECT ({c})::text AS category, count(*) AS n, \
+                  count(*)::float8 / sum(count(*)) OVER () AS share \
+           FROM {rel} WHERE {pred} GROUP BY 1) s \
+         WHERE category IS NOT NULL AND share >= 0.01 \
+         ORDER BY n DESC, category LIMIT {limit}",
         rel = o.relation,
         pred = usable_order_predicate(o, as_of)
     ))
 }
 
+/// Pseudo-orders of the population's mix added to every user's category counts (additive
+/// smoothing): a user with one order is not "100% books", and two users with one order each
+/// do not form clusters of their own by category alone.
+pub const CATEGORY_PRIOR_ORDERS: f64 = 2.0;
+
+/// A category that gets its own share feature, with its share of all usable rows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TopCategory {
+    pub name: String,
+    pub share: f64,
+}
+
 /// The feature catalogue for a source shape, in vector order.
-pub fn catalogue(categories: &[String], has_category: bool, events: bool) -> Vec<FeatureDef> {
+pub fn catalogue(categories: &[TopCategory], has_category: bool, events: bool) -> Vec<FeatureDef> {
     use Impute::*;
     use Transform::*;
     // Every aggregate reads the cleaned, windowed rows `o` and is filtered by `keep`.
@@ -148,32 +168,49 @@ pub fn catalogue(categories: &[String], has_category: bool, events: bool) -> Vec
         def("monetary", Log, Zero, "sum(a){f}"),
         def("avg_order_value", Log, Zero, "avg(a){f}"),
         def("tenure_days", Log, Median, "greatest(0, extract(epoch FROM {asof} - min(t){f}) / 86400)"),
-        def("interval_mean_days", Log, High, "avg(gap){f}"),
-        def("interval_std_days", Log, Median, "stddev_pop(gap){f}"),
+        // A single order has no interval yet: the time since it is a lower bound on the next
+        // one (a censored interval), which keeps one-order and two-order customers comparable.
+        def(
+            "interval_mean_days",
+            Log,
+            High,
+            "coalesce(avg(gap){f}, greatest(0, extract(epoch FROM {asof} - min(t){f}) / 86400))",
+        ),
+        def("interval_std_days", Log, Zero, "coalesce(stddev_pop(gap){f}, 0)"),
         def("orders_30d", Log, Zero, "count(*) FILTER (WHERE {k}t > {asof} - interval '30 days')"),
         def("monetary_90d", Log, Zero, "coalesce(sum(a) FILTER (WHERE {k}t > {asof} - interval '90 days'), 0)"),
         def("weekend_share", Linear, Median, "avg((extract(isodow FROM t) >= 6)::int){f}"),
         def("hour_sin", Linear, Median, "avg(sin(2 * pi() * extract(hour FROM t) / 24)){f}"),
         def("hour_cos", Linear, Median, "avg(cos(2 * pi() * extract(hour FROM t) / 24)){f}"),
     ];
+    for t in f.iter_mut().filter(|f| ["weekend_share", "hour_sin", "hour_cos"].contains(&f.name.as_str())) {
+        t.weight = 1.0 / 3f64.sqrt();
+    }
     if has_category {
+        let smoothed = |matches: &str, prior: f64| {
+            format!(
+                "(count(*) FILTER (WHERE {{k}}{matches}) + {a} * {prior:.9}) / (count(*){{f}} + {a})",
+                a = CATEGORY_PRIOR_ORDERS
+            )
+        };
         for c in categories {
-            f.push(def(
-                &format!("category:{c}"),
-                Linear,
-                Zero,
-                format!("avg((c = {})::int){{f}}", quote_literal(c)),
-            ));
+            let matches = format!("c = {}", quote_literal(&c.name));
+            f.push(def(&format!("category:{}", c.name), Linear, Median, smoothed(&matches, c.share)));
         }
         let listed = if categories.is_empty() {
             "true".to_string()
         } else {
             format!(
-                "c IS NULL OR c NOT IN ({})",
-                categories.iter().map(|c| quote_literal(c)).collect::<Vec<_>>().join(", ")
+                "(c IS NULL OR c NOT IN ({}))",
+                categories.iter().map(|c| quote_literal(&c.name)).collect::<Vec<_>>().join(", ")
             )
         };
-        f.push(def("category:other", Linear, Zero, format!("avg(({listed})::int){{f}}")));
+        let other = (1.0 - categories.iter().map(|c| c.share).sum::<f64>()).max(0.0);
+        f.push(def("category:other", Linear, Median, smoothed(&listed, other)));
+        let weight = 1.0 / ((categories.len() + 1) as f64).sqrt();
+        for c in f.iter_mut().filter(|f| f.name.starts_with("category:")) {
+            c.weight = weight;
+        }
     }
     if events {
         f.extend([
@@ -310,12 +347,17 @@ mod tests {
 
     #[test]
     fn catalogue_shape() {
-        let cats = vec!["books".to_string(), "toys".to_string()];
+        let cats = vec![
+            TopCategory { name: "books".into(), share: 0.3 },
+            TopCategory { name: "toys".into(), share: 0.2 },
+        ];
         let f = catalogue(&cats, true, true);
         let names: Vec<&str> = f.iter().map(|f| f.name.as_str()).collect();
         assert_eq!(&names[..5], RFM_COLUMNS);
         assert!(names.contains(&"category:books") && names.contains(&"category:other"));
         assert!(names.contains(&"purchase_rate"));
+        let cat_weight: f64 = f.iter().filter(|f| f.name.starts_with("category:")).map(|f| f.weight.powi(2)).sum();
+        assert!((cat_weight - 1.0).abs() < 1e-12, "the category group weighs like one feature");
         let no_cat = catalogue(&[], false, false);
         assert!(no_cat.iter().all(|f| !f.name.starts_with("category:")));
     }
@@ -339,8 +381,16 @@ mod tests {
         let plain = features_sql("f", &o, None, &feats, AsOf(0.0), false);
         let dedup = features_sql("f", &o, None, &feats, AsOf(0.0), true);
         assert!(!plain.contains("NOT dup"));
-        // every order feature aggregate is filtered: one FILTER per plain aggregate call
-        assert_eq!(dedup.matches("NOT dup").count(), feats.len());
+        // every aggregate call of every feature is filtered
+        let placeholders = |f: &[FeatureDef]| -> usize {
+            f.iter().map(|f| f.sql.matches("{f}").count() + f.sql.matches("{k}").count()).sum()
+        };
+        assert!(placeholders(&feats) >= feats.len());
+        assert_eq!(dedup.matches("NOT dup").count(), placeholders(&feats));
+        let with_cats = catalogue(&[TopCategory { name: "a".into(), share: 0.5 }], true, false);
+        let dedup = features_sql("f", &o, None, &with_cats, AsOf(0.0), true);
+        // category shares filter both their numerator and their denominator
+        assert_eq!(dedup.matches("NOT dup").count(), placeholders(&feats) + 4);
         assert!(!dedup.contains("{f}") && !dedup.contains("{k}"));
     }
 
@@ -353,7 +403,7 @@ mod tests {
             amount: quote_ident("amt"),
             category: Some(quote_ident("cat")),
         };
-        let cats = vec!["it's".to_string()];
+        let cats = vec![TopCategory { name: "it's".into(), share: 0.5 }];
         let feats = catalogue(&cats, true, false);
         let sql = features_sql("pg_temp.f", &o, None, &feats, AsOf(0.0), false);
         assert!(sql.contains("\"Customer\" AS u"));

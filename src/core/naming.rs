@@ -49,6 +49,8 @@ pub fn base_name(p: &Profile) -> &'static str {
         "Loyal"
     } else if aov < -0.5 {
         "Bargain hunters"
+    } else if p.z("weekend_share") > 0.5 {
+        "Weekend shoppers"
     } else if recent > 0.3 {
         "Promising"
     } else {

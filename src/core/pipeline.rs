@@ -67,6 +67,8 @@ pub struct Segment {
     pub users: usize,
     /// Scaled feature means (z-like scores vs the population), in catalogue order.
     pub profile: Vec<f64>,
+    /// Raw feature means over the members that have the feature, in catalogue order.
+    pub raw_means: Vec<f64>,
 }
 
 pub struct FitResult {
@@ -141,7 +143,9 @@ pub fn fit(
                 Some(k) => (k as usize, Vec::new()),
                 None => clustering::choose_k(e_sample.view(), opts.k_range, opts.seed)?,
             };
-            let centroids = clustering::kmeans(e_sample.view(), k, 5, opts.seed)?;
+            // The scoring run's centroids for this k are one more start for the final fit.
+            let warm = scores.iter().find(|s| s.k == k).and_then(|s| s.centroids.as_ref());
+            let centroids = clustering::kmeans_from(e_sample.view(), k, 5, opts.seed, warm)?;
             (Clustering { centroids, radii: None }, scores, None, None)
         }
         Algorithm::Dbscan => {
@@ -167,7 +171,8 @@ pub fn fit(
     );
 
     let feature_names: Vec<String> = features.iter().map(|f| f.name.clone()).collect();
-    let segments = describe(x.view(), &labels, clusters.k(), &feature_names);
+    let weights: Vec<f64> = scaler.features.iter().map(|f| f.weight).collect();
+    let segments = describe(x.view(), &weights, columns, &labels, clusters.k(), &feature_names);
     let report = FitReport {
         algorithm: opts.algorithm,
         embedding: emb_report,
@@ -191,22 +196,30 @@ fn fmt_opt(v: Option<f64>) -> String {
     v.map_or("-".into(), |v| format!("{v:.4}"))
 }
 
+/// The checks on `k` that need no data, so a call fails before any work is done.
+pub fn check_k(k: Option<i32>) -> Result<()> {
+    match k {
+        Some(k) if k < 2 => Err(SegError::invalid(format!("k must be at least 2, not {k}"))
+            .hint("pass k => NULL to choose k automatically")),
+        Some(k) if k as usize > super::options::MAX_K => Err(SegError::new(
+            ErrorKind::LimitExceeded,
+            format!("k ({k}) is larger than the maximum of {}", super::options::MAX_K),
+        )),
+        _ => Ok(()),
+    }
+}
+
 fn validate_k(k: Option<i32>, n: usize, opts: &Options) -> Result<()> {
+    check_k(k)?;
     if n == 0 {
         return Err(SegError::new(ErrorKind::NoData, "no usable rows to segment")
             .hint("check the source table and the rows skipped (null user, time or amount)"));
     }
     match k {
-        Some(k) if k < 2 => Err(SegError::invalid(format!("k must be at least 2, not {k}"))
-            .hint("pass k => NULL to choose k automatically")),
         Some(k) if k as usize > n => Err(SegError::invalid(format!(
             "k ({k}) is larger than the number of users ({n})"
         ))
         .hint("pass a smaller k, or k => NULL to choose it automatically")),
-        Some(k) if k as usize > super::options::MAX_K => Err(SegError::new(
-            ErrorKind::LimitExceeded,
-            format!("k ({k}) is larger than the maximum of {}", super::options::MAX_K),
-        )),
         None if opts.algorithm == Algorithm::Kmeans && n < 3 => {
             Err(SegError::invalid(format!("choosing k automatically needs at least 3 users, not {n}"))
                 .hint("pass k explicitly"))
@@ -247,7 +260,14 @@ fn evaluate(
 }
 
 /// Sizes, scaled-feature profiles and names of the segments.
-fn describe(x: ArrayView2<f64>, labels: &[Option<usize>], k: usize, names: &[String]) -> Vec<Segment> {
+fn describe(
+    x: ArrayView2<f64>,
+    weights: &[f64],
+    columns: &[Vec<Option<f64>>],
+    labels: &[Option<usize>],
+    k: usize,
+    names: &[String],
+) -> Vec<Segment> {
     let mut sums = Array2::<f64>::zeros((k, x.ncols()));
     let mut counts = vec![0usize; k];
     for (i, l) in labels.iter().enumerate() {
@@ -258,15 +278,34 @@ fn describe(x: ArrayView2<f64>, labels: &[Option<usize>], k: usize, names: &[Str
         }
     }
     let profiles: Vec<Vec<f64>> = (0..k)
-        .map(|c| sums.row(c).iter().map(|s| s / counts[c].max(1) as f64).collect())
+        .map(|c| sums.row(c).iter().zip(weights).map(|(s, w)| s / counts[c].max(1) as f64 / w).collect())
         .collect();
+    // One pass per feature column: (sum, count) per segment over the users that have it.
+    let mut raw_means = vec![vec![f64::NAN; columns.len()]; k];
+    for (j, col) in columns.iter().enumerate() {
+        let mut acc = vec![(0.0, 0usize); k];
+        for (v, l) in col.iter().zip(labels) {
+            if let (Some(v), Some(c)) = (v, l) {
+                if v.is_finite() {
+                    acc[*c].0 += v;
+                    acc[*c].1 += 1;
+                }
+            }
+        }
+        for (c, (sum, n)) in acc.into_iter().enumerate() {
+            if n > 0 {
+                raw_means[c][j] = sum / n as f64;
+            }
+        }
+    }
     let views: Vec<Profile> = profiles.iter().map(|z| Profile { names, z }).collect();
     let seg_names = naming::name_segments(&views);
     profiles
         .into_iter()
+        .zip(raw_means)
         .zip(seg_names)
         .zip(counts)
-        .map(|((profile, name), users)| Segment { name, users, profile })
+        .map(|(((profile, raw_means), name), users)| Segment { name, users, profile, raw_means })
         .collect()
 }
 

@@ -15,9 +15,11 @@ pub struct FeatureScale {
     /// Clip bounds (after the transform): the 1st and 99th percentiles.
     pub lo: f64,
     pub hi: f64,
-    /// Robust centre (median) and scale (IQR, falling back to the standard deviation, then 1).
+    /// Robust centre (median) and scale (IQR floored by 1.349σ of the clipped values, else 1).
     pub center: f64,
     pub scale: f64,
+    /// Group weight applied after scaling (see `FeatureDef::weight`).
+    pub weight: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -58,22 +60,30 @@ impl FeatureScale {
         let q = |p| quantile_sorted(&v, p);
         let (lo, hi) = (q(0.01), q(0.99));
         let center = q(0.5);
+        // The IQR, floored by the clipped standard deviation (in IQR units, 1.349σ for a normal):
+        // a rare category's share has an IQR near zero, and dividing by it alone would let
+        // the few users who buy it dominate every distance.
         let iqr = q(0.75) - q(0.25);
-        let scale = if iqr > 1e-9 {
-            iqr
-        } else {
-            let clipped: Vec<f64> = v.iter().map(|x| x.clamp(lo, hi)).collect();
-            let n = clipped.len().max(1) as f64;
-            let mean = clipped.iter().sum::<f64>() / n;
-            let sd = (clipped.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n).sqrt();
-            if sd > 1e-9 { sd * 1.349 } else { 1.0 } // 1.349·σ is the IQR of a normal
-        };
+        let n = v.len().max(1) as f64;
+        let mean = v.iter().map(|x| x.clamp(lo, hi)).sum::<f64>() / n;
+        let sd = (v.iter().map(|x| (x.clamp(lo, hi) - mean).powi(2)).sum::<f64>() / n).sqrt();
+        let scale = iqr.max(1.349 * sd);
+        let scale = if scale > 1e-9 { scale } else { 1.0 };
         let impute = match def.impute {
             Impute::Zero => apply_transform(def.transform, 0.0),
             Impute::Median => center,
             Impute::High => hi,
         };
-        FeatureScale { name: def.name.clone(), transform: def.transform, impute, lo, hi, center, scale }
+        FeatureScale {
+            name: def.name.clone(),
+            transform: def.transform,
+            impute,
+            lo,
+            hi,
+            center,
+            scale,
+            weight: def.weight,
+        }
     }
 
     #[inline]
@@ -82,7 +92,7 @@ impl FeatureScale {
             Some(x) if x.is_finite() => apply_transform(self.transform, x),
             _ => self.impute,
         };
-        (x.clamp(self.lo, self.hi) - self.center) / self.scale
+        self.weight * (x.clamp(self.lo, self.hi) - self.center) / self.scale
     }
 }
 
@@ -121,7 +131,7 @@ mod tests {
     use super::*;
 
     fn def(name: &str, t: Transform, i: Impute) -> FeatureDef {
-        FeatureDef { name: name.into(), transform: t, impute: i, sql: String::new() }
+        FeatureDef { name: name.into(), transform: t, impute: i, weight: 1.0, sql: String::new() }
     }
 
     #[test]
@@ -143,6 +153,16 @@ mod tests {
         let max = x.column(0).iter().cloned().fold(f64::MIN, f64::max);
         assert!(max < 1.0, "outlier is clipped: {max}");
         assert!(x[[1001, 0]].abs() < 1e-2, "missing → median → ~0 after centring");
+    }
+
+    #[test]
+    fn rare_feature_does_not_explode() {
+        // 2% of users have a share of 1, everybody else ~0: the IQR is 0
+        let col: Vec<Option<f64>> = (0..1000).map(|i| Some(if i % 50 == 0 { 1.0 } else { 0.01 })).collect();
+        let s = Scaler::fit(&[def("rare", Transform::Linear, Impute::Zero)], &[col.clone()]);
+        let x = s.transform(&[col]);
+        let max = x.column(0).iter().cloned().fold(f64::MIN, f64::max);
+        assert!(max < 10.0, "{max}");
     }
 
     #[test]

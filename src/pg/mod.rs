@@ -1,1 +1,9 @@
+//! The pgrx layer: SQL functions, SPI, errors. It translates and delegates to `core`.
 
+mod api;
+mod catalog;
+mod error;
+mod source;
+
+pgrx::extension_sql_file!("../../sql/bootstrap.sql", name = "bootstrap", bootstrap);
+pgrx::extension_sql_file!("../../sql/demo.sql", name = "demo", finalize);

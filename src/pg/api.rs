@@ -1,0 +1,320 @@
+//! The SQL functions. Each one translates: arguments in, core pipeline or SPI, rows out.
+
+use pgrx::datum::DatumWithOid;
+use pgrx::prelude::*;
+use pgrx::{AnyElement, JsonB};
+use serde_json::{json, Map, Value};
+
+use crate::core::error::SegError;
+use crate::core::features::{self, quote_ident};
+use crate::core::options::Options;
+use crate::core::pipeline::{self, FitResult};
+use crate::pg::catalog::{self, CentroidRow, ModelRow};
+use crate::pg::error::{from_spi, raise, OrRaise};
+use crate::pg::source::{self, Events, Orders, WORK_TABLE};
+
+fn required<T>(v: Option<T>, what: &str) -> T {
+    v.unwrap_or_else(|| raise(SegError::invalid(format!("{what} must not be null"))))
+}
+
+/// Distinguishing features of a segment: scaled means at least half an IQR from the
+/// population's median, strongest first, at most 8.
+fn profile_json(names: &[String], z: &[f64]) -> Value {
+    let mut picked: Vec<(&String, f64)> = names.iter().zip(z.iter().copied()).filter(|(_, z)| z.abs() >= 0.5).collect();
+    picked.sort_by(|a, b| b.1.abs().total_cmp(&a.1.abs()));
+    let map: Map<String, Value> =
+        picked.into_iter().take(8).map(|(n, z)| (n.clone(), json!((z * 1000.0).round() / 1000.0))).collect();
+    Value::Object(map)
+}
+
+/// Up to three categories that make up at least 5% of a segment's orders, largest first.
+fn top_categories(names: &[String], raw_means: &[f64]) -> Vec<String> {
+    let mut cats: Vec<(&str, f64)> = names
+        .iter()
+        .zip(raw_means)
+        .filter_map(|(n, &m)| n.strip_prefix("category:").filter(|c| *c != "other").map(|c| (c, m)))
+        .filter(|(_, m)| m.is_finite() && *m >= 0.05)
+        .collect();
+    cats.sort_by(|a, b| b.1.total_cmp(&a.1));
+    cats.into_iter().take(3).map(|(c, _)| c.to_string()).collect()
+}
+
+/// Internal entry point of `segment_users` (the SQL wrapper gives it its documented signature).
+#[allow(clippy::too_many_arguments)]
+#[pg_extern(name = "_segment_users", volatile, parallel_unsafe)]
+fn segment_users_impl(
+    source: Option<pg_sys::Oid>,
+    k: Option<i32>,
+    model: Option<String>,
+    user_column: Option<String>,
+    time_column: Option<String>,
+    amount_column: Option<String>,
+    category_column: Option<String>,
+    options: Option<JsonB>,
+) -> TableIterator<'static, (name!(segment_id, i32), name!(name, String), name!(users, i64), name!(share, f64))> {
+    let source = required(source, "source");
+    let model = required(model, "model");
+    catalog::check_model_name(&model).or_raise();
+    pipeline::check_k(k).or_raise();
+    let opts = Options::parse(&options.map(|j| j.0).unwrap_or(Value::Null)).or_raise();
+
+    let rel = source::relation(source).or_raise();
+    let orders = Orders::resolve(
+        rel,
+        user_column.as_deref(),
+        time_column.as_deref(),
+        amount_column.as_deref(),
+        category_column.as_deref(),
+    )
+    .or_raise();
+    let events = opts.events.as_ref().map(|e| Events::resolve(e, &orders.user)).transpose().or_raise();
+    let as_of = source::as_of(&opts).or_raise();
+    let osql = orders.sql();
+
+    let mut skipped = source::skipped(&osql, as_of).or_raise();
+    let categories = source::top_categories(&osql, as_of).or_raise();
+    let feats = features::catalogue(&categories, orders.category.is_some(), events.is_some());
+    let sql = features::features_sql(WORK_TABLE, &osql, events.as_ref().map(Events::sql).as_ref(), &feats, as_of, opts.dedupe);
+    let (columns, duplicates, counted) = source::compute_features(&sql, &feats).or_raise();
+    let users = columns.first().map_or(0, Vec::len);
+    notice!("pg_segment: features for {users} users from {} order rows", skipped.total);
+    skipped.duplicates = duplicates;
+    skipped.duplicates_removed = opts.dedupe;
+    let rows_used = counted + if opts.dedupe { duplicates } else { 0 };
+    let rows_skipped = skipped.total - rows_used;
+    if rows_skipped > 0 {
+        notice!(
+            "pg_segment: skipped {rows_skipped} of {} rows (null user {}, null time {}, null amount {}, non-finite amount {}, after as_of {})",
+            skipped.total, skipped.null_user, skipped.null_time, skipped.null_amount, skipped.non_finite_amount, skipped.after_as_of
+        );
+    }
+    if duplicates > 0 {
+        notice!(
+            "pg_segment: {duplicates} exact duplicate rows (same user, time, amount and category) {}",
+            if opts.dedupe { "were counted once" } else { "were kept; pass options => '{\"dedupe\": true}' to count them once" }
+        );
+    }
+
+    let feature_names: Vec<String> = feats.iter().map(|f| f.name.clone()).collect();
+    let fit = pipeline::fit(feats, &columns, k, &opts, &mut |s: &str| notice!("pg_segment: {s}")).or_raise();
+
+    catalog::lock_model(&model).or_raise();
+    let version = catalog::next_version(&model).or_raise();
+    catalog::ensure_users_table(&model, &orders.user.type_name).or_raise();
+    let spec = json!({
+        "columns": {
+            "user": orders.user.name, "time": orders.time.name, "amount": orders.amount.name,
+            "category": orders.category.as_ref().map(|c| &c.name),
+        },
+        "events": events.as_ref().map(|e| json!({
+            "table": e.rel.name, "user": e.user.name, "time": e.time.name, "type": e.event_type.name,
+        })),
+        "as_of": as_of.0,
+        "categories": categories.iter().map(|c| json!({"name": c.name, "share": c.share})).collect::<Vec<_>>(),
+        "features": fit.model.features,
+        "options": opts,
+    });
+    let rows = store(&model, version, &spec, &fit, &feature_names, &orders, events.as_ref(), users, rows_used, rows_skipped, &skipped);
+    notice!("pg_segment: model \"{model}\" version {version} stored: {} segments", fit.segments.len());
+    TableIterator::new(rows)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn store(
+    model: &str,
+    version: i32,
+    spec: &Value,
+    fit: &FitResult,
+    feature_names: &[String],
+    orders: &Orders,
+    events: Option<&Events>,
+    users: usize,
+    rows_used: i64,
+    rows_skipped: i64,
+    skipped: &source::Skipped,
+) -> Vec<(i32, String, i64, f64)> {
+    let mut metrics = serde_json::to_value(&fit.report.metrics).unwrap_or(Value::Null);
+    if let Value::Object(m) = &mut metrics {
+        m.insert("k_scores".into(), json!(fit.report.k_scores));
+        m.insert("embedding".into(), json!(fit.report.embedding));
+        m.insert("eps".into(), json!(fit.report.eps));
+        m.insert("min_points".into(), json!(fit.report.min_points));
+        m.insert("training_rows".into(), json!(fit.report.training_rows));
+        m.insert("k_requested".into(), json!(fit.report.k_requested));
+    }
+    catalog::insert_model(ModelRow {
+        model: model.to_string(),
+        version,
+        source: orders.rel.oid,
+        events: events.map(|e| e.rel.oid),
+        key_type: orders.user.type_name.clone(),
+        k: fit.segments.len() as i32,
+        dims: fit.model.encoder.dims() as i32,
+        users: users as i64,
+        rows_used,
+        rows_skipped,
+        spec: spec.clone(),
+        params: serde_json::to_value(&fit.model).unwrap_or(Value::Null),
+        metrics,
+        skipped: serde_json::to_value(skipped).unwrap_or(Value::Null),
+    })
+    .or_raise();
+
+    let total = users.max(1) as f64;
+    let centroids: Vec<CentroidRow> = fit
+        .segments
+        .iter()
+        .enumerate()
+        .map(|(i, s)| CentroidRow {
+            segment_id: i as i32 + 1,
+            name: s.name.clone(),
+            users: s.users as i64,
+            share: s.users as f64 / total,
+            centroid: fit.model.clustering.centroids.row(i).iter().map(|&v| v as f32).collect(),
+            top_categories: top_categories(feature_names, &s.raw_means),
+            profile: profile_json(feature_names, &s.profile),
+        })
+        .collect();
+    catalog::insert_centroids(model, version, centroids).or_raise();
+
+    let segment: Vec<Option<i32>> = fit.assignments.iter().map(|a| a.map(|(c, _)| c as i32 + 1)).collect();
+    let distance: Vec<Option<f64>> = fit.assignments.iter().map(|a| a.map(|(_, d)| d)).collect();
+    let embedding: Vec<f32> = fit.embeddings.iter().map(|&v| v as f32).collect();
+    catalog::write_users(model, version, feature_names, segment, distance, embedding, fit.embeddings.ncols())
+        .or_raise();
+
+    fit.segments
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (i as i32 + 1, s.name.clone(), s.users as i64, s.users as f64 / total))
+        .collect()
+}
+
+/// Runs `SELECT <column> FROM segment.<model>_users WHERE user_id = $1::<key type>`.
+fn lookup<T: FromDatum + IntoDatum>(user_key: AnyElement, model: &str, column: &str) -> Option<T> {
+    catalog::check_model_name(model).or_raise();
+    let cur = catalog::current(model).or_raise();
+    let sql = format!(
+        "SELECT (SELECT {column} FROM segment.{} WHERE user_id = $1::{})",
+        quote_ident(&cur.users_table),
+        cur.key_type
+    );
+    // SAFETY: the datum and its type oid come together from the caller's argument.
+    let arg = unsafe { DatumWithOid::new(user_key, user_key.oid()) };
+    Spi::get_one_with_args::<T>(&sql, &[arg]).map_err(from_spi).or_raise()
+}
+
+/// The user's segment in the model's current version; NULL for an unknown user (or noise).
+#[pg_extern(stable, parallel_safe)]
+fn segment_of(user_key: AnyElement, model: default!(&str, "'default'")) -> Option<i32> {
+    lookup(user_key, model, "segment_id")
+}
+
+/// The user's embedding (the encoder's output) in the model's current version.
+#[pg_extern(stable, parallel_safe)]
+fn segment_embedding(user_key: AnyElement, model: default!(&str, "'default'")) -> Option<Vec<f32>> {
+    lookup(user_key, model, "embedding")
+}
+
+/// Quality metrics of the model's current version, one row per metric.
+#[pg_extern(stable, parallel_safe)]
+fn segment_evaluate(
+    model: default!(&str, "'default'"),
+) -> TableIterator<'static, (name!(metric, String), name!(value, Option<f64>))> {
+    catalog::check_model_name(model).or_raise();
+    let cur = catalog::current(model).or_raise();
+    let metrics: Option<JsonB> = Spi::get_one_with_args(
+        "SELECT metrics FROM segment.models WHERE model = $1 AND version = $2",
+        &[model.into(), cur.version.into()],
+    )
+    .or_raise();
+    let m = metrics.map(|j| j.0).unwrap_or(Value::Null);
+    let num = |v: &Value| v.as_f64().or_else(|| v.as_bool().map(|b| b as i64 as f64));
+    let mut rows: Vec<(String, Option<f64>)> = [
+        "silhouette", "davies_bouldin", "calinski_harabasz", "inertia", "mean_distance", "k", "users",
+        "assigned", "coverage", "silhouette_sampled", "training_rows",
+    ]
+    .iter()
+    .map(|k| (k.to_string(), num(&m[*k])))
+    .collect();
+    rows.push(("autoencoder_holdout_mse".into(), num(&m["embedding"]["autoencoder_holdout_mse"])));
+    rows.push(("pca_holdout_mse".into(), num(&m["embedding"]["pca_holdout_mse"])));
+    rows.push(("version".into(), Some(cur.version as f64)));
+    TableIterator::new(rows)
+}
+
+/// One row per segment of the current version: size now, RFM means, top categories and the
+/// distinguishing features.
+#[pg_extern(stable, parallel_safe)]
+fn segment_describe(model: default!(&str, "'default'")) -> TableIterator<
+    'static,
+    (
+        name!(segment_id, i32),
+        name!(name, String),
+        name!(users, i64),
+        name!(share, f64),
+        name!(recency_days, Option<f64>),
+        name!(frequency, Option<f64>),
+        name!(monetary, Option<f64>),
+        name!(top_categories, Vec<String>),
+        name!(profile, JsonB),
+    ),
+> {
+    catalog::check_model_name(model).or_raise();
+    let cur = catalog::current(model).or_raise();
+    let t = quote_ident(&cur.users_table);
+    let sql = format!(
+        "SELECT c.segment_id, c.name, count(u.user_id), \
+                coalesce(count(u.user_id)::float8 / nullif((SELECT count(*) FROM segment.{t}), 0), 0), \
+                avg(u.recency_days), avg(u.frequency), avg(u.monetary), c.top_categories, c.profile \
+         FROM segment.centroids c \
+         LEFT JOIN segment.{t} u ON u.segment_id = c.segment_id AND u.model_version = c.version \
+         WHERE c.model = $1 AND c.version = $2 \
+         GROUP BY c.segment_id, c.name, c.top_categories, c.profile \
+         ORDER BY c.segment_id"
+    );
+    let rows = Spi::connect(|c| {
+        let args: [DatumWithOid; 2] = [model.into(), cur.version.into()];
+        let mut out = Vec::new();
+        for r in c.select(&sql, None, &args)? {
+            out.push((
+                r.get::<i32>(1)?.unwrap_or(0),
+                r.get::<String>(2)?.unwrap_or_default(),
+                r.get::<i64>(3)?.unwrap_or(0),
+                r.get::<f64>(4)?.unwrap_or(0.0),
+                r.get::<f64>(5)?,
+                r.get::<f64>(6)?,
+                r.get::<f64>(7)?,
+                r.get::<Vec<String>>(8)?.unwrap_or_default(),
+                r.get::<JsonB>(9)?.unwrap_or(JsonB(json!({}))),
+            ));
+        }
+        Ok::<_, pgrx::spi::Error>(out)
+    })
+    .or_raise();
+    TableIterator::new(rows)
+}
+
+extension_sql!(
+    r#"
+CREATE FUNCTION segment_users(
+    source regclass,
+    k int DEFAULT NULL,
+    model text DEFAULT 'default',
+    user_column name DEFAULT NULL,
+    time_column name DEFAULT NULL,
+    amount_column name DEFAULT NULL,
+    category_column name DEFAULT NULL,
+    options jsonb DEFAULT '{}'
+) RETURNS TABLE (segment_id int, name text, users bigint, share float8)
+LANGUAGE sql VOLATILE
+AS $$
+    SELECT * FROM @extschema@._segment_users(source::oid, k, model, user_column::text, time_column::text,
+                                              amount_column::text, category_column::text, options)
+$$;
+COMMENT ON FUNCTION segment_users(regclass, int, text, name, name, name, name, jsonb) IS
+    'fit (or re-fit) a segmentation model on a behaviour table and return its segments';
+"#,
+    name = "segment_users_wrapper",
+    requires = [segment_users_impl]
+);

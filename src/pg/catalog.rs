@@ -1,0 +1,267 @@
+//! The model tables over SPI: `segment.models`, `segment.centroids`, and each model's
+//! `segment.<model>_users` table and `segment.<model>_segments` view.
+
+use pgrx::datum::DatumWithOid;
+use pgrx::prelude::*;
+use pgrx::JsonB;
+
+use crate::core::error::{ErrorKind, Result, SegError};
+use crate::core::features::{quote_ident, quote_literal, RFM_COLUMNS};
+use crate::pg::error::from_spi;
+
+/// Longest model name: leaves room for the `_segments` suffix in a 63-byte identifier.
+pub const MAX_MODEL_NAME: usize = 48;
+
+/// Model names become parts of table names, so they are plain lowercase identifiers.
+pub fn check_model_name(model: &str) -> Result<()> {
+    let ok_chars = model.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    let ok_start = model.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c == '_');
+    if model.is_empty() || !ok_chars || !ok_start || model.len() > MAX_MODEL_NAME {
+        return Err(SegError::new(ErrorKind::InvalidName, format!("invalid model name \"{model}\""))
+            .detail(format!(
+                "a model name is 1 to {MAX_MODEL_NAME} lowercase letters, digits and underscores, starting with a letter or underscore"
+            ))
+            .hint("for example model => 'default' or model => 'q4_customers'"));
+    }
+    Ok(())
+}
+
+pub fn users_table(model: &str) -> String {
+    format!("{model}_users")
+}
+
+pub fn segments_view(model: &str) -> String {
+    format!("{model}_segments")
+}
+
+/// What the lookup functions need to know about a model's current version.
+pub struct Current {
+    pub version: i32,
+    pub users_table: String,
+    pub key_type: String,
+}
+
+fn unknown_model(model: &str) -> SegError {
+    let known: Vec<String> = Spi::connect(|c| {
+        c.select("SELECT model FROM segment.current_models ORDER BY model LIMIT 20", None, &[])
+            .map(|t| t.into_iter().filter_map(|r| r.get::<String>(1).ok().flatten()).collect())
+            .unwrap_or_default()
+    });
+    let detail = if known.is_empty() {
+        "there are no models yet".to_string()
+    } else {
+        format!("existing models: {}", known.join(", "))
+    };
+    SegError::new(ErrorKind::UndefinedObject, format!("model \"{model}\" does not exist"))
+        .detail(detail)
+        .hint("create it with SELECT * FROM segment_users('orders', model => '...')")
+}
+
+pub fn current(model: &str) -> Result<Current> {
+    Spi::connect(|c| {
+        let args: [DatumWithOid; 1] = [model.into()];
+        let t = c
+            .select(
+                "SELECT version, users_table::text, key_type FROM segment.current_models WHERE model = $1",
+                Some(1),
+                &args,
+            )
+            .map_err(from_spi)?;
+        let Some(r) = t.into_iter().next() else { return Err(unknown_model(model)) };
+        Ok(Current {
+            version: r.get::<i32>(1).map_err(from_spi)?.unwrap_or(0),
+            users_table: r.get::<String>(2).map_err(from_spi)?.unwrap_or_default(),
+            key_type: r.get::<String>(3).map_err(from_spi)?.unwrap_or_default(),
+        })
+    })
+}
+
+/// Serialises fits of the same model (two concurrent `segment_users` calls for one model would
+/// otherwise race for the next version number).
+pub fn lock_model(model: &str) -> Result<()> {
+    Spi::run_with_args(
+        "SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('pg_segment.model:' || $1))",
+        &[model.into()],
+    )
+    .map_err(from_spi)
+}
+
+pub fn next_version(model: &str) -> Result<i32> {
+    Spi::get_one_with_args(
+        "SELECT coalesce(max(version), 0) + 1 FROM segment.models WHERE model = $1",
+        &[model.into()],
+    )
+    .map_err(from_spi)
+    .map(|v: Option<i32>| v.unwrap_or(1))
+}
+
+/// Creates the per-model table and view, or re-creates them when the key type changed.
+pub fn ensure_users_table(model: &str, key_type: &str) -> Result<()> {
+    let table = users_table(model);
+    let existing: Option<String> = Spi::get_one_with_args(
+        "SELECT (SELECT pg_catalog.format_type(a.atttypid, a.atttypmod) FROM pg_catalog.pg_attribute a \
+                 WHERE a.attrelid = pg_catalog.to_regclass('segment.' || pg_catalog.quote_ident($1)) \
+                   AND a.attname = 'user_id' AND NOT a.attisdropped)",
+        &[table.clone().into()],
+    )
+    .map_err(from_spi)?;
+    let (t, v) = (quote_ident(&table), quote_ident(&segments_view(model)));
+    if existing.as_deref() == Some(key_type) {
+        return Ok(());
+    }
+    if existing.is_some() {
+        Spi::run(&format!("DROP VIEW IF EXISTS segment.{v}; DROP TABLE segment.{t}")).map_err(from_spi)?;
+    }
+    let rfm: Vec<String> = RFM_COLUMNS.iter().map(|c| format!("{c} float8")).collect();
+    Spi::run(&format!(
+        "CREATE TABLE segment.{t} (\
+           user_id {key_type} PRIMARY KEY, \
+           segment_id int, \
+           distance float8, \
+           model_version int NOT NULL, \
+           {rfm}, \
+           features float8[] NOT NULL, \
+           embedding real[] NOT NULL, \
+           updated_at timestamptz NOT NULL DEFAULT now()); \
+         CREATE INDEX ON segment.{t} (segment_id); \
+         COMMENT ON TABLE segment.{t} IS {comment}; \
+         CREATE VIEW segment.{v} AS \
+           SELECT u.user_id, u.segment_id, c.name AS segment, u.distance, u.model_version, u.updated_at \
+           FROM segment.{t} u \
+           LEFT JOIN segment.centroids c \
+             ON c.model = {m} AND c.version = u.model_version AND c.segment_id = u.segment_id; \
+         COMMENT ON VIEW segment.{v} IS {vcomment}",
+        rfm = rfm.join(", "),
+        m = quote_literal(model),
+        comment = quote_literal(&format!("pg_segment model {model}: features, embedding and segment per user")),
+        vcomment = quote_literal(&format!("pg_segment model {model}: segment id and name per user")),
+    ))
+    .map_err(from_spi)
+}
+
+pub struct ModelRow {
+    pub model: String,
+    pub version: i32,
+    pub source: pgrx::pg_sys::Oid,
+    pub events: Option<pgrx::pg_sys::Oid>,
+    pub key_type: String,
+    pub k: i32,
+    pub dims: i32,
+    pub users: i64,
+    pub rows_used: i64,
+    pub rows_skipped: i64,
+    pub spec: serde_json::Value,
+    pub params: serde_json::Value,
+    pub metrics: serde_json::Value,
+    pub skipped: serde_json::Value,
+}
+
+pub fn insert_model(m: ModelRow) -> Result<()> {
+    let table = users_table(&m.model);
+    Spi::run_with_args(
+        "INSERT INTO segment.models (model, version, source, events, key_type, users_table, k, dims, users, \
+                                     rows_used, rows_skipped, spec, params, metrics, skipped) \
+         VALUES ($1, $2, $3::oid::regclass, $4::oid::regclass, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+        &[
+            m.model.into(),
+            m.version.into(),
+            m.source.into(),
+            m.events.into(),
+            m.key_type.into(),
+            table.into(),
+            m.k.into(),
+            m.dims.into(),
+            m.users.into(),
+            m.rows_used.into(),
+            m.rows_skipped.into(),
+            JsonB(m.spec).into(),
+            JsonB(m.params).into(),
+            JsonB(m.metrics).into(),
+            JsonB(m.skipped).into(),
+        ],
+    )
+    .map_err(from_spi)
+}
+
+pub struct CentroidRow {
+    pub segment_id: i32,
+    pub name: String,
+    pub users: i64,
+    pub share: f64,
+    pub centroid: Vec<f32>,
+    pub top_categories: Vec<String>,
+    pub profile: serde_json::Value,
+}
+
+pub fn insert_centroids(model: &str, version: i32, rows: Vec<CentroidRow>) -> Result<()> {
+    let mut ids = Vec::new();
+    let mut names = Vec::new();
+    let mut users = Vec::new();
+    let mut shares = Vec::new();
+    let mut centroids = Vec::new();
+    let mut cats = Vec::new();
+    let mut profiles = Vec::new();
+    for r in rows {
+        ids.push(r.segment_id);
+        names.push(r.name);
+        users.push(r.users);
+        shares.push(r.share);
+        centroids.push(serde_json::to_string(&r.centroid).unwrap_or_default());
+        cats.push(serde_json::to_string(&r.top_categories).unwrap_or_default());
+        profiles.push(JsonB(r.profile));
+    }
+    // Ragged arrays cannot travel as one 2-D array: pass them as JSON text and unpack in SQL.
+    Spi::run_with_args(
+        "INSERT INTO segment.centroids (model, version, segment_id, name, users, share, centroid, top_categories, profile) \
+         SELECT $1, $2, s.id, s.name, s.users, s.share, \
+                ARRAY(SELECT pg_catalog.jsonb_array_elements_text(s.centroid::jsonb)::real), \
+                ARRAY(SELECT pg_catalog.jsonb_array_elements_text(s.cats::jsonb)), \
+                s.profile \
+         FROM unnest($3::int[], $4::text[], $5::int8[], $6::float8[], $7::text[], $8::text[], $9::jsonb[]) \
+              AS s(id, name, users, share, centroid, cats, profile)",
+        &[
+            model.into(),
+            version.into(),
+            ids.into(),
+            names.into(),
+            users.into(),
+            shares.into(),
+            centroids.into(),
+            cats.into(),
+            profiles.into(),
+        ],
+    )
+    .map_err(from_spi)
+}
+
+/// Replaces every row of the model's users table in one statement pair: the work table holds
+/// the users (by `rn`), the arrays hold segment, distance and the flat embedding.
+pub fn write_users(
+    model: &str,
+    version: i32,
+    feature_names: &[String],
+    segment: Vec<Option<i32>>,
+    distance: Vec<Option<f64>>,
+    embedding: Vec<f32>,
+    dims: usize,
+) -> Result<()> {
+    let t = quote_ident(&users_table(model));
+    let rfm: Vec<String> = RFM_COLUMNS.iter().map(|c| format!("f.{}", quote_ident(c))).collect();
+    let all: Vec<String> = feature_names.iter().map(|c| format!("f.{}", quote_ident(c))).collect();
+    Spi::run(&format!("DELETE FROM segment.{t}")).map_err(from_spi)?;
+    Spi::run_with_args(
+        &format!(
+            "INSERT INTO segment.{t} (user_id, segment_id, distance, model_version, {rfm_names}, features, embedding) \
+             SELECT f.user_id, a.segment_id, a.distance, $1, {rfm}, ARRAY[{all}], \
+                    $4[(f.rn - 1) * $5 + 1 : f.rn * $5] \
+             FROM {work} f \
+             JOIN unnest($2::int[], $3::float8[]) WITH ORDINALITY AS a(segment_id, distance, rn) ON a.rn = f.rn",
+            rfm_names = RFM_COLUMNS.join(", "),
+            rfm = rfm.join(", "),
+            all = all.join(", "),
+            work = crate::pg::source::WORK_TABLE,
+        ),
+        &[version.into(), segment.into(), distance.into(), embedding.into(), (dims as i64).into()],
+    )
+    .map_err(from_spi)
+}

@@ -1,0 +1,257 @@
+//! Behaviour sources: what a relation's columns are, which play which role, and reading the
+//! per-user features that one aggregate statement computes.
+
+use pgrx::datum::DatumWithOid;
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+
+use crate::core::detect::{self, Column, ColumnType, Role};
+use crate::core::error::{ErrorKind, Result, SegError};
+use crate::core::features::{self, AsOf, EventsSql, FeatureDef, OrdersSql, TopCategory};
+use crate::core::options::{EventsSpec, Options};
+use crate::pg::error::from_spi;
+
+pub struct Relation {
+    pub oid: pg_sys::Oid,
+    /// `oid::regclass::text`: schema-qualified and quoted where needed.
+    pub name: String,
+    pub columns: Vec<Column>,
+}
+
+fn column_type(oid: pg_sys::Oid) -> ColumnType {
+    match oid {
+        pg_sys::INT2OID | pg_sys::INT4OID | pg_sys::INT8OID => ColumnType::Integer,
+        pg_sys::TEXTOID | pg_sys::VARCHAROID | pg_sys::BPCHAROID | pg_sys::NAMEOID => ColumnType::Text,
+        pg_sys::UUIDOID => ColumnType::Uuid,
+        pg_sys::NUMERICOID | pg_sys::FLOAT4OID | pg_sys::FLOAT8OID => ColumnType::Number,
+        pg_sys::TIMESTAMPTZOID | pg_sys::TIMESTAMPOID | pg_sys::DATEOID => ColumnType::Time,
+        _ => ColumnType::Other,
+    }
+}
+
+/// Reads a relation's kind and columns. Tables, partitioned tables, views, materialized views
+/// and foreign tables can be sources.
+pub fn relation(oid: pg_sys::Oid) -> Result<Relation> {
+    Spi::connect(|c| {
+        let args: [DatumWithOid; 1] = [oid.into()];
+        let head = c
+            .select("SELECT relkind::text, oid::regclass::text FROM pg_catalog.pg_class WHERE oid = $1", None, &args)
+            .map_err(from_spi)?;
+        let Some(row) = head.into_iter().next() else {
+            return Err(SegError::new(ErrorKind::UndefinedTable, format!("relation with oid {oid:?} does not exist")));
+        };
+        let kind: String = row.get(1).map_err(from_spi)?.unwrap_or_default();
+        let name: String = row.get(2).map_err(from_spi)?.unwrap_or_default();
+        if !["r", "p", "v", "m", "f"].contains(&kind.as_str()) {
+            return Err(SegError::new(
+                ErrorKind::DatatypeMismatch,
+                format!("{name} is not a table or view"),
+            )
+            .hint("pass a table, partitioned table, view or materialized view"));
+        }
+        let mut columns = Vec::new();
+        let rows = c
+            .select(
+                "SELECT a.attname::text, coalesce(nullif(t.typbasetype, 0), a.atttypid), \
+                        pg_catalog.format_type(a.atttypid, a.atttypmod) \
+                 FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type t ON t.oid = a.atttypid \
+                 WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
+                None,
+                &args,
+            )
+            .map_err(from_spi)?;
+        for row in rows {
+            let name: String = row.get(1).map_err(from_spi)?.unwrap_or_default();
+            let ty: pg_sys::Oid = row.get(2).map_err(from_spi)?.unwrap_or(pg_sys::InvalidOid);
+            let type_name: String = row.get(3).map_err(from_spi)?.unwrap_or_default();
+            columns.push(Column { name, ty: column_type(ty), type_name });
+        }
+        Ok(Relation { oid, name, columns })
+    })
+}
+
+/// Looks a table up by (possibly qualified) name, as the `events` option gives it.
+pub fn relation_by_name(name: &str) -> Result<Relation> {
+    let oid: Option<pg_sys::Oid> =
+        Spi::get_one_with_args("SELECT pg_catalog.to_regclass($1)::oid", &[name.into()]).map_err(from_spi)?;
+    match oid {
+        Some(oid) => relation(oid),
+        None => Err(SegError::new(ErrorKind::UndefinedTable, format!("relation \"{name}\" does not exist"))
+            .hint("the \"events\" option names a table; qualify it with its schema if it is not on the search_path")),
+    }
+}
+
+/// The orders source with its resolved columns.
+pub struct Orders {
+    pub rel: Relation,
+    pub user: Column,
+    pub time: Column,
+    pub amount: Column,
+    pub category: Option<Column>,
+}
+
+impl Orders {
+    pub fn resolve(
+        rel: Relation,
+        user: Option<&str>,
+        time: Option<&str>,
+        amount: Option<&str>,
+        category: Option<&str>,
+    ) -> Result<Orders> {
+        let r = |role, explicit, required| detect::resolve(&rel.columns, role, explicit, required, &rel.name);
+        let user = r(Role::User, user, true)?.expect("required");
+        let time = r(Role::Time, time, true)?.expect("required");
+        let amount = r(Role::Amount, amount, true)?.expect("required");
+        let category = r(Role::Category, category, false)?;
+        Ok(Orders { rel, user, time, amount, category })
+    }
+
+    pub fn sql(&self) -> OrdersSql {
+        OrdersSql {
+            relation: self.rel.name.clone(),
+            user: features::quote_ident(&self.user.name),
+            time: features::quote_ident(&self.time.name),
+            amount: features::quote_ident(&self.amount.name),
+            category: self.category.as_ref().map(|c| features::quote_ident(&c.name)),
+        }
+    }
+}
+
+pub struct Events {
+    pub rel: Relation,
+    pub user: Column,
+    pub time: Column,
+    pub event_type: Column,
+}
+
+impl Events {
+    pub fn resolve(spec: &EventsSpec, orders_user: &Column) -> Result<Events> {
+        let rel = relation_by_name(&spec.table)?;
+        // Same detection as for orders, but the hint names the events option's field.
+        let r = |role: Role, explicit: &Option<String>| {
+            detect::resolve(&rel.columns, role, explicit.as_deref(), true, &rel.name)
+                .map(|c| c.expect("required"))
+                .map_err(|e| SegError {
+                    hint: Some(format!(
+                        "name it in the events option: {{\"events\": {{\"table\": \"{}\", \"{}\": \"column_name\"}}}}",
+                        spec.table,
+                        role.argument()
+                    )),
+                    ..e
+                })
+        };
+        let user = r(Role::User, &spec.user_column)?;
+        let time = r(Role::Time, &spec.time_column)?;
+        let event_type = r(Role::EventType, &spec.type_column)?;
+        let same_family = user.ty == orders_user.ty;
+        if !same_family {
+            return Err(SegError::new(
+                ErrorKind::DatatypeMismatch,
+                format!(
+                    "the events user column \"{}\" ({}) does not match the orders user column \"{}\" ({})",
+                    user.name, user.type_name, orders_user.name, orders_user.type_name
+                ),
+            ));
+        }
+        Ok(Events { rel, user, time, event_type })
+    }
+
+    pub fn sql(&self) -> EventsSql {
+        EventsSql {
+            relation: self.rel.name.clone(),
+            user: features::quote_ident(&self.user.name),
+            time: features::quote_ident(&self.time.name),
+            event_type: features::quote_ident(&self.event_type.name),
+        }
+    }
+}
+
+/// Reference time in epoch seconds: `as_of` from the options, or now().
+pub fn as_of(opts: &Options) -> Result<AsOf> {
+    let v: Option<f64> = Spi::get_one_with_args(
+        "SELECT extract(epoch FROM coalesce($1::timestamptz, now()))::float8",
+        &[opts.as_of.clone().into()],
+    )
+    .map_err(from_spi)?;
+    Ok(AsOf(v.unwrap_or(0.0)))
+}
+
+pub fn top_categories(o: &OrdersSql, as_of: AsOf) -> Result<Vec<TopCategory>> {
+    let Some(sql) = features::top_categories_sql(o, as_of, 8) else {
+        return Ok(Vec::new());
+    };
+    Spi::connect(|c| {
+        let mut out = Vec::new();
+        for row in c.select(&sql, None, &[]).map_err(from_spi)? {
+            if let Some(name) = row.get::<String>(1).map_err(from_spi)? {
+                out.push(TopCategory { name, share: row.get::<f64>(2).map_err(from_spi)?.unwrap_or(0.0) });
+            }
+        }
+        Ok(out)
+    })
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Skipped {
+    pub total: i64,
+    pub null_user: i64,
+    pub null_time: i64,
+    pub null_amount: i64,
+    pub non_finite_amount: i64,
+    pub after_as_of: i64,
+    pub duplicates: i64,
+    pub duplicates_removed: bool,
+}
+
+pub fn skipped(o: &OrdersSql, as_of: AsOf) -> Result<Skipped> {
+    Spi::connect(|c| {
+        let t = c.select(&features::skipped_rows_sql(o, as_of), Some(1), &[]).map_err(from_spi)?;
+        let row = t.first();
+        let g = |i| row.get::<i64>(i).map(|v| v.unwrap_or(0)).map_err(from_spi);
+        Ok(Skipped {
+            total: g(1)?,
+            null_user: g(2)?,
+            null_time: g(3)?,
+            null_amount: g(4)?,
+            non_finite_amount: g(5)?,
+            after_as_of: g(6)?,
+            duplicates: 0,
+            duplicates_removed: false,
+        })
+    })
+}
+
+/// Name of the per-call work table holding one row per user.
+pub const WORK_TABLE: &str = "pg_temp.segment_features_work";
+
+/// Materialises the features into [`WORK_TABLE`], then reads them column by column.
+/// Returns (columns, duplicate rows seen, order rows counted in the features).
+pub fn compute_features(sql: &str, feats: &[FeatureDef]) -> Result<(Vec<Vec<Option<f64>>>, i64, i64)> {
+    // A second call in the same transaction finds the first call's table (ON COMMIT DROP).
+    let leftover: Option<bool> =
+        Spi::get_one(&format!("SELECT pg_catalog.to_regclass('{WORK_TABLE}') IS NOT NULL")).map_err(from_spi)?;
+    if leftover == Some(true) {
+        Spi::run(&format!("DROP TABLE {WORK_TABLE}")).map_err(from_spi)?;
+    }
+    Spi::run(sql).map_err(from_spi)?;
+    let arrays: Vec<String> = feats
+        .iter()
+        .map(|f| format!("array_agg({} ORDER BY rn)", features::quote_ident(&f.name)))
+        .collect();
+    let query = format!(
+        "SELECT coalesce(sum(duplicates), 0)::int8, coalesce(sum(frequency), 0)::int8, {} FROM {WORK_TABLE}",
+        arrays.join(", ")
+    );
+    Spi::connect(|c| {
+        let t = c.select(&query, Some(1), &[]).map_err(from_spi)?;
+        let row = t.first();
+        let duplicates: i64 = row.get(1).map_err(from_spi)?.unwrap_or(0);
+        let counted_rows: i64 = row.get(2).map_err(from_spi)?.unwrap_or(0);
+        let mut cols = Vec::with_capacity(feats.len());
+        for i in 0..feats.len() {
+            let col: Vec<Option<f64>> = row.get(i + 3).map_err(from_spi)?.unwrap_or_default();
+            cols.push(col);
+        }
+        Ok((cols, duplicates, counted_rows))
+    })
+}
