@@ -5,9 +5,26 @@
 //! functions, errors).
 
 pub mod core;
-#[cfg(not(test))]
-mod pg;
-#[cfg(test)]
 mod pg;
 
-::pgrx::pg_module_magic!();
+::pgrx::pg_module_magic!(name, version);
+
+/// In-database tests (`cargo pgrx test`): the test bodies live in `pgrx-tests/`.
+#[cfg(any(test, feature = "pg_test"))]
+#[pgrx::pg_schema]
+mod tests {
+    include!("../pgrx-tests/helpers.rs");
+    include!("../pgrx-tests/pipeline.rs");
+    include!("../pgrx-tests/lookups.rs");
+    include!("../pgrx-tests/errors.rs");
+}
+
+/// Required by `cargo pgrx test`.
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        vec![]
+    }
+}

@@ -14,6 +14,8 @@ pub enum ErrorKind {
     AmbiguousColumn,
     /// A column exists but has the wrong type for its role (42804).
     DatatypeMismatch,
+    /// A relation of the wrong kind, such as a sequence as a source (42809).
+    WrongObjectType,
     /// A model, table or other object does not exist (42704).
     UndefinedObject,
     /// A model name cannot be used as one (42602).

@@ -12,6 +12,7 @@ fn sqlstate(kind: ErrorKind) -> Code {
         ErrorKind::UndefinedColumn => Code::ERRCODE_UNDEFINED_COLUMN,
         ErrorKind::AmbiguousColumn => Code::ERRCODE_AMBIGUOUS_COLUMN,
         ErrorKind::DatatypeMismatch => Code::ERRCODE_DATATYPE_MISMATCH,
+        ErrorKind::WrongObjectType => Code::ERRCODE_WRONG_OBJECT_TYPE,
         ErrorKind::UndefinedObject => Code::ERRCODE_UNDEFINED_OBJECT,
         ErrorKind::InvalidName => Code::ERRCODE_INVALID_NAME,
         ErrorKind::NoData => Code::ERRCODE_NO_DATA_FOUND,

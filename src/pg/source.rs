@@ -44,7 +44,7 @@ pub fn relation(oid: pg_sys::Oid) -> Result<Relation> {
         let name: String = row.get(2).map_err(from_spi)?.unwrap_or_default();
         if !["r", "p", "v", "m", "f"].contains(&kind.as_str()) {
             return Err(SegError::new(
-                ErrorKind::DatatypeMismatch,
+                ErrorKind::WrongObjectType,
                 format!("{name} is not a table or view"),
             )
             .hint("pass a table, partitioned table, view or materialized view"));

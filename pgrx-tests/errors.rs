@@ -1,0 +1,81 @@
+// Every user-facing error: its SQLSTATE, and that a failed call leaves nothing behind.
+
+#[pg_test]
+fn pg_test_errors_carry_their_sqlstate() {
+    demo("e1", 100);
+    Spi::run(
+        "CREATE TABLE e_ambiguous (user_id int, customer_id int, created_at timestamptz, amount numeric); \
+         INSERT INTO e_ambiguous VALUES (1, 1, now(), 1); \
+         CREATE TABLE e_empty (user_id int, created_at timestamptz, amount numeric); \
+         CREATE TABLE e_nulls (user_id int, created_at timestamptz, amount numeric); \
+         INSERT INTO e_nulls VALUES (NULL, now(), 1), (1, NULL, 1); \
+         CREATE TABLE e_noamount (user_id int, created_at timestamptz, note text); \
+         CREATE SEQUENCE e_seq;",
+    )
+    .unwrap();
+    let cases = [
+        ("SELECT * FROM segment_users('e1_orders', user_column => 'nope')", "42703"),
+        ("SELECT * FROM segment_users('e_noamount')", "42703"),
+        ("SELECT * FROM segment_users('e_ambiguous')", "42702"),
+        ("SELECT * FROM segment_users('e1_orders', time_column => 'amount')", "42804"),
+        ("SELECT * FROM segment_users('e1_orders', amount_column => 'category')", "42804"),
+        ("SELECT * FROM segment_users('e_seq')", "42809"),
+        ("SELECT * FROM segment_users('e_empty')", "P0002"),
+        ("SELECT * FROM segment_users('e_nulls')", "P0002"),
+        ("SELECT * FROM segment_users('e1_orders', k => 1)", "22023"),
+        ("SELECT * FROM segment_users('e1_orders', k => 0)", "22023"),
+        ("SELECT * FROM segment_users('e1_orders', k => 100000)", "54000"),
+        ("SELECT * FROM segment_users('e1_orders', k => 200)", "22023"),
+        ("SELECT * FROM segment_users('e1_orders', model => 'Bad Name')", "42602"),
+        ("SELECT * FROM segment_users('e1_orders', model => '')", "42602"),
+        ("SELECT * FROM segment_users('e1_orders', model => repeat('m', 49))", "42602"),
+        ("SELECT * FROM segment_users('e1_orders', model => NULL)", "22023"),
+        (r#"SELECT * FROM segment_users('e1_orders', options => '{"colour": 1}')"#, "22023"),
+        (r#"SELECT * FROM segment_users('e1_orders', options => '{"algorithm": "hdbscan"}')"#, "22023"),
+        (r#"SELECT * FROM segment_users('e1_orders', options => '{"k_range": [9, 3]}')"#, "22023"),
+        (r#"SELECT * FROM segment_users('e1_orders', options => '{"dims": 500}')"#, "22023"),
+        (r#"SELECT * FROM segment_users('e1_orders', options => '[1]')"#, "22023"),
+        (r#"SELECT * FROM segment_users('e1_orders', options => '{"as_of": "yesterday-ish"}')"#, "22007"),
+        (r#"SELECT * FROM segment_users('e1_orders', options => '{"events": "no_such_table"}')"#, "42P01"),
+        (r#"SELECT * FROM segment_users('e1_orders', options => '{"events": {"table": "e1_events", "type_column": "nope"}}')"#, "42703"),
+        ("SELECT * FROM segment_users('no_such_table')", "42P01"),
+        ("SELECT segment_of(1, 'no_such_model')", "42704"),
+        ("SELECT segment_embedding(1, 'no_such_model')", "42704"),
+        ("SELECT * FROM segment_evaluate('no_such_model')", "42704"),
+        ("SELECT * FROM segment_describe('no_such_model')", "42704"),
+        ("SELECT * FROM segment_demo(0)", "22023"),
+    ];
+    for (sql, expected) in cases {
+        assert_eq!(sqlstate_of(sql).as_deref(), Some(expected), "{sql}");
+    }
+}
+
+#[pg_test]
+fn pg_test_a_failed_call_changes_nothing() {
+    demo("e2", 200);
+    Spi::run(&format!("SELECT count(*) FROM segment_users('e2_orders', 3, 'e2', options => '{{{AS_OF}}}')")).unwrap();
+    let before: String = one("SELECT (SELECT json_agg(m ORDER BY version)::text FROM segment.models m) || (SELECT json_agg(u ORDER BY user_id)::text FROM segment.e2_users u)").unwrap();
+    // fails after the features are computed: k is larger than the number of users
+    assert_eq!(sqlstate_of("SELECT * FROM segment_users('e2_orders', 250, 'e2')").as_deref(), Some("22023"));
+    // fails on a brand-new model: its table must not appear either
+    assert_eq!(sqlstate_of("SELECT * FROM segment_users('e2_orders', 250, 'e2_new')").as_deref(), Some("22023"));
+    let after: String = one("SELECT (SELECT json_agg(m ORDER BY version)::text FROM segment.models m) || (SELECT json_agg(u ORDER BY user_id)::text FROM segment.e2_users u)").unwrap();
+    assert_eq!(before, after);
+    assert_eq!(one::<bool>("SELECT to_regclass('segment.e2_new_users') IS NULL"), Some(true));
+}
+
+#[pg_test]
+fn pg_test_error_messages_name_the_fix() {
+    Spi::run("CREATE TABLE amb (user_id int, customer_id int, created_at timestamptz, amount numeric)").unwrap();
+    let hint: String = one(
+        "CREATE OR REPLACE FUNCTION pg_temp.hint_of(q text) RETURNS text LANGUAGE plpgsql AS $$ \
+         DECLARE m text; d text; h text; \
+         BEGIN EXECUTE q; RETURN NULL; \
+         EXCEPTION WHEN OTHERS THEN GET STACKED DIAGNOSTICS m = MESSAGE_TEXT, d = PG_EXCEPTION_DETAIL, h = PG_EXCEPTION_HINT; \
+           RETURN m || ' | ' || d || ' | ' || h; END $$; \
+         SELECT pg_temp.hint_of('SELECT * FROM segment_users(''amb'')')",
+    )
+    .unwrap();
+    assert!(hint.contains("customer_id") && hint.contains("user_id") && hint.contains("user_column"), "{hint}");
+    assert_eq!(hint.split(" | ").next().unwrap(), hint.split(" | ").next().unwrap().to_lowercase(), "lowercase message");
+}

@@ -1,0 +1,159 @@
+// The batch pipeline end to end: segments, versions, determinism, preprocessing.
+
+#[pg_test]
+fn pg_test_segments_are_numbered_named_and_cover_everyone() {
+    demo("p1", 600);
+    Spi::run(&format!(
+        "CREATE TEMP TABLE r AS SELECT * FROM segment_users('p1_orders', model => 'p1', \
+         options => '{{{AS_OF}, \"events\": \"p1_events\", \"k_range\": [2, 8]}}')"
+    ))
+    .unwrap();
+    let k: i64 = one("SELECT count(*) FROM r").unwrap();
+    assert!(k >= 2);
+    assert_eq!(one::<i64>("SELECT max(segment_id)::int8 FROM r"), Some(k), "ids are 1..k");
+    assert_eq!(one::<i64>("SELECT min(segment_id)::int8 FROM r"), Some(1));
+    assert_eq!(one::<i64>("SELECT count(DISTINCT name) FROM r"), Some(k), "names are unique");
+    assert_eq!(one::<i64>("SELECT sum(users)::int8 FROM r"), Some(600));
+    let share: f64 = one("SELECT sum(share) FROM r").unwrap();
+    assert!((share - 1.0).abs() < 1e-9);
+    // the per-user table agrees with the returned sizes
+    assert_eq!(
+        one::<i64>("SELECT count(*) FROM r JOIN (SELECT segment_id, count(*) n FROM segment.p1_users GROUP BY 1) u USING (segment_id) WHERE u.n = r.users"),
+        Some(k)
+    );
+    // the model record keeps the detected columns and the score of every k tried
+    assert_eq!(one::<String>("SELECT spec->'columns'->>'user' FROM segment.models WHERE model = 'p1'").as_deref(), Some("user_id"));
+    assert_eq!(one::<i64>("SELECT count(*) FROM segment.k_scores WHERE model = 'p1'"), Some(7));
+    assert_eq!(one::<i64>("SELECT count(*) FROM segment.k_scores WHERE model = 'p1' AND chosen"), Some(1));
+}
+
+#[pg_test]
+fn pg_test_refit_writes_a_new_version_and_keeps_the_old_one() {
+    demo("p2", 300);
+    let fit = format!("SELECT count(*) FROM segment_users('p2_orders', 3, 'p2', options => '{{{AS_OF}}}')");
+    Spi::run(&fit).unwrap();
+    Spi::run(&fit).unwrap();
+    assert_eq!(one::<i64>("SELECT count(*) FROM segment.models WHERE model = 'p2'"), Some(2));
+    assert_eq!(one::<i64>("SELECT count(DISTINCT version) FROM segment.centroids WHERE model = 'p2'"), Some(2));
+    assert_eq!(one::<i32>("SELECT version FROM segment.current_models WHERE model = 'p2'"), Some(2));
+    assert_eq!(
+        one::<i64>("SELECT count(*) FROM segment.p2_users WHERE model_version <> 2"),
+        Some(0),
+        "every user is under the new version"
+    );
+}
+
+#[pg_test]
+fn pg_test_same_seed_same_centroids_and_assignments() {
+    demo("p3", 400);
+    let fit = format!(
+        "SELECT count(*) FROM segment_users('p3_orders', model => 'p3', options => '{{{AS_OF}, \"seed\": 5, \"events\": \"p3_events\"}}')"
+    );
+    Spi::run(&fit).unwrap();
+    Spi::run("CREATE TEMP TABLE first_fit AS SELECT user_id, segment_id, embedding FROM segment.p3_users").unwrap();
+    Spi::run(&fit).unwrap();
+    assert_eq!(
+        one::<i64>(
+            "SELECT count(*) FROM segment.centroids a JOIN segment.centroids b USING (model, segment_id) \
+             WHERE model = 'p3' AND a.version = 1 AND b.version = 2 \
+               AND (a.centroid <> b.centroid OR a.name <> b.name)"
+        ),
+        Some(0)
+    );
+    assert_eq!(
+        one::<i64>(
+            "SELECT count(*) FROM first_fit f JOIN segment.p3_users u USING (user_id) \
+             WHERE f.segment_id IS DISTINCT FROM u.segment_id OR f.embedding <> u.embedding"
+        ),
+        Some(0)
+    );
+    assert_eq!(one::<String>("SELECT params::text FROM segment.models WHERE model = 'p3' AND version = 1"),
+               one::<String>("SELECT params::text FROM segment.models WHERE model = 'p3' AND version = 2"));
+}
+
+#[pg_test]
+fn pg_test_features_equal_plain_sql_aggregates() {
+    demo("p4", 200);
+    Spi::run(&format!("SELECT count(*) FROM segment_users('p4_orders', 2, 'p4', options => '{{{AS_OF}}}')")).unwrap();
+    let mismatches: i64 = one(
+        "SELECT count(*) FROM segment.p4_users u JOIN ( \
+           SELECT user_id, count(*)::float8 AS frequency, sum(amount)::float8 AS monetary, \
+                  extract(epoch FROM '2026-06-01'::timestamptz - max(created_at)) / 86400 AS recency_days, \
+                  extract(epoch FROM '2026-06-01'::timestamptz - min(created_at)) / 86400 AS tenure_days \
+           FROM p4_orders WHERE created_at <= '2026-06-01' GROUP BY user_id) o USING (user_id) \
+         WHERE abs(u.frequency - o.frequency) > 1e-9 OR abs(u.monetary - o.monetary) > 1e-6 \
+            OR abs(u.recency_days - o.recency_days) > 1e-6 OR abs(u.tenure_days - o.tenure_days) > 1e-6 \
+            OR abs(u.avg_order_value - o.monetary / o.frequency) > 1e-6",
+    )
+    .unwrap();
+    assert_eq!(mismatches, 0);
+    assert_eq!(one::<i64>("SELECT count(*) FROM segment.p4_users"), one::<i64>("SELECT count(DISTINCT user_id) FROM p4_orders"));
+}
+
+#[pg_test]
+fn pg_test_unusable_rows_are_skipped_and_counted() {
+    Spi::run(
+        "CREATE TABLE dirty (customer_id int, ts timestamptz, total numeric, category text); \
+         INSERT INTO dirty SELECT g % 40, '2026-01-01'::timestamptz + g * interval '1 hour', 10 + g % 7, 'c' || g % 3 \
+           FROM generate_series(1, 400) g; \
+         INSERT INTO dirty VALUES (NULL, '2026-01-01', 1, 'x'), (1, NULL, 1, 'x'), (2, '2026-01-01', NULL, 'x'), \
+                                  (3, '2026-01-01', 'NaN', 'x'), (4, '2030-01-01', 5, 'x'), \
+                                  (5, '2026-01-01 05:00', 16, 'c2'), (5, '2026-01-01 05:00', 16, 'c2');",
+    )
+    .unwrap();
+    Spi::run(r#"SELECT count(*) FROM segment_users('dirty', 2, 'dirty', options => '{"as_of": "2026-06-01"}')"#).unwrap();
+    let skipped: pgrx::JsonB = one("SELECT skipped FROM segment.models WHERE model = 'dirty'").unwrap();
+    let s = skipped.0;
+    assert_eq!(s["null_user"], 1);
+    assert_eq!(s["null_time"], 1);
+    assert_eq!(s["null_amount"], 1);
+    assert_eq!(s["non_finite_amount"], 1);
+    assert_eq!(s["after_as_of"], 1);
+    assert_eq!(s["duplicates"], 1, "the repeated row, plus none in the generated ones");
+    assert_eq!(one::<i64>("SELECT rows_skipped FROM segment.models WHERE model = 'dirty'"), Some(5));
+    assert_eq!(one::<i64>("SELECT rows_used FROM segment.models WHERE model = 'dirty'"), Some(402));
+    let freq_kept: f64 = one("SELECT frequency FROM segment.dirty_users WHERE user_id = 5").unwrap();
+    Spi::run(r#"SELECT count(*) FROM segment_users('dirty', 2, 'dirty', options => '{"as_of": "2026-06-01", "dedupe": true}')"#).unwrap();
+    let freq_dedup: f64 = one("SELECT frequency FROM segment.dirty_users WHERE user_id = 5").unwrap();
+    assert_eq!(freq_kept - freq_dedup, 1.0, "dedupe counts the duplicate once");
+}
+
+#[pg_test]
+fn pg_test_embedding_choice_is_recorded() {
+    demo("p5", 300);
+    let fit = |emb: &str| {
+        Spi::run(&format!(
+            "SELECT count(*) FROM segment_users('p5_orders', 3, 'p5_{emb}', options => '{{{AS_OF}, \"embedding\": \"{emb}\"}}')"
+        ))
+        .unwrap();
+        let m: pgrx::JsonB = one(&format!("SELECT metrics FROM segment.models WHERE model = 'p5_{emb}'")).unwrap();
+        m.0["embedding"].clone()
+    };
+    let auto = fit("auto");
+    assert!(auto["autoencoder_holdout_mse"].is_number() && auto["pca_holdout_mse"].is_number());
+    let chosen = auto["chosen"].as_str().unwrap();
+    let (ae, pca) = (auto["autoencoder_holdout_mse"].as_f64().unwrap(), auto["pca_holdout_mse"].as_f64().unwrap());
+    assert_eq!(chosen, if ae < pca { "autoencoder" } else { "pca" }, "auto keeps the lower held-out error");
+    let pca_only = fit("pca");
+    assert_eq!(pca_only["chosen"], "pca");
+    assert!(pca_only["autoencoder_holdout_mse"].is_null());
+    assert_eq!(fit("none")["chosen"], "none");
+    assert_eq!(fit("autoencoder")["chosen"], "autoencoder");
+}
+
+#[pg_test]
+fn pg_test_dbscan_leaves_noise_unassigned() {
+    demo("p6", 400);
+    Spi::run(&format!(
+        "INSERT INTO p6_orders (user_id, created_at, amount, category) VALUES (100001, '2026-05-01', 99999, 'outlier'); \
+         SELECT count(*) FROM segment_users('p6_orders', model => 'p6', options => '{{{AS_OF}, \"algorithm\": \"dbscan\", \"embedding\": \"pca\"}}')"
+    ))
+    .unwrap();
+    let coverage: f64 = one("SELECT value FROM segment_evaluate('p6') WHERE metric = 'coverage'").unwrap();
+    assert!(coverage > 0.5 && coverage <= 1.0, "{coverage}");
+    let noise: i64 = one("SELECT count(*) FROM segment.p6_users WHERE segment_id IS NULL").unwrap();
+    assert!((coverage - (401 - noise) as f64 / 401.0).abs() < 1e-12);
+    assert_eq!(one::<i32>("SELECT segment_of(100001, 'p6')"), None, "the outlier is noise");
+    let eps: f64 = one("SELECT (metrics->>'eps')::float8 FROM segment.models WHERE model = 'p6'").unwrap();
+    assert!(eps > 0.0);
+}
