@@ -36,6 +36,7 @@ fn pg_test_errors_carry_their_sqlstate() {
         (r#"SELECT * FROM segment_users('e1_orders', options => '{"dims": 500}')"#, "22023"),
         (r#"SELECT * FROM segment_users('e1_orders', options => '[1]')"#, "22023"),
         (r#"SELECT * FROM segment_users('e1_orders', options => '{"as_of": "yesterday-ish"}')"#, "22007"),
+        (r#"SELECT * FROM segment_users('e1_orders', options => '{"timezone": "Mars/Olympus"}')"#, "22023"),
         (r#"SELECT * FROM segment_users('e1_orders', options => '{"events": "no_such_table"}')"#, "42P01"),
         (r#"SELECT * FROM segment_users('e1_orders', options => '{"events": {"table": "e1_events", "type_column": "nope"}}')"#, "42703"),
         ("SELECT * FROM segment_users('no_such_table')", "42P01"),

@@ -179,9 +179,9 @@ pub fn catalogue(categories: &[TopCategory], has_category: bool, events: bool) -
         def("interval_std_days", Log, Zero, "coalesce(stddev_pop(gap){f}, 0)"),
         def("orders_30d", Log, Zero, "count(*) FILTER (WHERE {k}t > {asof} - interval '30 days')"),
         def("monetary_90d", Log, Zero, "coalesce(sum(a) FILTER (WHERE {k}t > {asof} - interval '90 days'), 0)"),
-        def("weekend_share", Linear, Median, "avg((extract(isodow FROM t) >= 6)::int){f}"),
-        def("hour_sin", Linear, Median, "avg(sin(2 * pi() * extract(hour FROM t) / 24)){f}"),
-        def("hour_cos", Linear, Median, "avg(cos(2 * pi() * extract(hour FROM t) / 24)){f}"),
+        def("weekend_share", Linear, Median, "avg((extract(isodow FROM t AT TIME ZONE {tz}) >= 6)::int){f}"),
+        def("hour_sin", Linear, Median, "avg(sin(2 * pi() * extract(hour FROM t AT TIME ZONE {tz}) / 24)){f}"),
+        def("hour_cos", Linear, Median, "avg(cos(2 * pi() * extract(hour FROM t AT TIME ZONE {tz}) / 24)){f}"),
     ];
     for t in f.iter_mut().filter(|f| ["weekend_share", "hour_sin", "hour_cos"].contains(&f.name.as_str())) {
         t.weight = 1.0 / 3f64.sqrt();
@@ -240,8 +240,10 @@ pub fn features_sql(
     feats: &[FeatureDef],
     as_of: AsOf,
     dedupe: bool,
+    timezone: &str,
 ) -> String {
     let asof = as_of.sql();
+    let tz = quote_literal(timezone);
     let (filter, keep) = if dedupe { (" FILTER (WHERE NOT dup)", "NOT dup AND ") } else { ("", "") };
     let category = o.category.as_deref().map(|c| format!("({c})::text")).unwrap_or("NULL::text".into());
     let order_feats: Vec<&FeatureDef> = feats.iter().filter(|f| !f.sql.contains("e.")).collect();
@@ -250,7 +252,7 @@ pub fn features_sql(
         "count(*) FILTER (WHERE dup) AS duplicates".to_string(),
     ];
     for f in &order_feats {
-        let expr = fill(&f.sql, &[("{asof}", &asof), ("{k}", keep), ("{f}", filter)]);
+        let expr = fill(&f.sql, &[("{asof}", &asof), ("{tz}", &tz), ("{k}", keep), ("{f}", filter)]);
         agg_cols.push(format!("({expr})::float8 AS {}", quote_ident(&f.name)));
     }
     let orders_cte = format!(
@@ -378,8 +380,8 @@ mod tests {
             category: None,
         };
         let feats = catalogue(&[], false, false);
-        let plain = features_sql("f", &o, None, &feats, AsOf(0.0), false);
-        let dedup = features_sql("f", &o, None, &feats, AsOf(0.0), true);
+        let plain = features_sql("f", &o, None, &feats, AsOf(0.0), false, "UTC");
+        let dedup = features_sql("f", &o, None, &feats, AsOf(0.0), true, "UTC");
         assert!(!plain.contains("NOT dup"));
         // every aggregate call of every feature is filtered
         let placeholders = |f: &[FeatureDef]| -> usize {
@@ -388,7 +390,7 @@ mod tests {
         assert!(placeholders(&feats) >= feats.len());
         assert_eq!(dedup.matches("NOT dup").count(), placeholders(&feats));
         let with_cats = catalogue(&[TopCategory { name: "a".into(), share: 0.5 }], true, false);
-        let dedup = features_sql("f", &o, None, &with_cats, AsOf(0.0), true);
+        let dedup = features_sql("f", &o, None, &with_cats, AsOf(0.0), true, "UTC");
         // category shares filter both their numerator and their denominator
         assert_eq!(dedup.matches("NOT dup").count(), placeholders(&feats) + 4);
         assert!(!dedup.contains("{f}") && !dedup.contains("{k}"));
@@ -405,7 +407,7 @@ mod tests {
         };
         let cats = vec![TopCategory { name: "it's".into(), share: 0.5 }];
         let feats = catalogue(&cats, true, false);
-        let sql = features_sql("pg_temp.f", &o, None, &feats, AsOf(0.0), false);
+        let sql = features_sql("pg_temp.f", &o, None, &feats, AsOf(0.0), false, "UTC");
         assert!(sql.contains("\"Customer\" AS u"));
         assert!(sql.contains("'it''s'"));
         assert!(sql.contains("AS \"category:it's\""));

@@ -49,6 +49,9 @@ pub struct Options {
     pub eps: Option<f64>,
     /// DBSCAN density; `None` means `2 × dims`.
     pub min_points: Option<usize>,
+    /// Time zone of the hour-of-day and day-of-week features (not the session's, so a model
+    /// does not depend on who runs it).
+    pub timezone: String,
 }
 
 pub const KNOWN_KEYS: &[&str] = &[
@@ -63,6 +66,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "dedupe",
     "eps",
     "min_points",
+    "timezone",
 ];
 
 pub const MAX_DIMS: usize = 64;
@@ -82,6 +86,7 @@ impl Default for Options {
             dedupe: false,
             eps: None,
             min_points: None,
+            timezone: "UTC".to_string(),
         }
     }
 }
@@ -194,6 +199,7 @@ impl Options {
                     _ => return Err(bad(key, "a positive number", val)),
                 },
                 "min_points" => o.min_points = Some(as_int(key, val, 2, 10_000)? as usize),
+                "timezone" => o.timezone = as_str(key, val)?.to_string(),
                 unknown => {
                     return Err(SegError::invalid(format!("unknown option \"{unknown}\""))
                         .hint(format!("valid options are: {}", KNOWN_KEYS.join(", "))))
@@ -221,7 +227,7 @@ mod tests {
         let o = Options::parse(&json!({
             "algorithm": "dbscan", "embedding": "pca", "dims": 4, "seed": 7,
             "as_of": "2026-01-01", "k_range": [3, 5], "sample": 5000, "dedupe": true,
-            "eps": 0.5, "min_points": 10,
+            "eps": 0.5, "min_points": 10, "timezone": "Europe/Paris",
             "events": {"table": "ev", "type_column": "kind"}
         }))
         .unwrap();
@@ -230,6 +236,7 @@ mod tests {
         assert_eq!(o.dims, Some(4));
         assert_eq!(o.k_range, (3, 5));
         assert!(o.dedupe);
+        assert_eq!(o.timezone, "Europe/Paris");
         assert_eq!(o.events.unwrap().type_column.as_deref(), Some("kind"));
     }
 

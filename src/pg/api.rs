@@ -74,7 +74,7 @@ fn segment_users_impl(
     let mut skipped = source::skipped(&osql, as_of).or_raise();
     let categories = source::top_categories(&osql, as_of).or_raise();
     let feats = features::catalogue(&categories, orders.category.is_some(), events.is_some());
-    let sql = features::features_sql(WORK_TABLE, &osql, events.as_ref().map(Events::sql).as_ref(), &feats, as_of, opts.dedupe);
+    let sql = features::features_sql(WORK_TABLE, &osql, events.as_ref().map(Events::sql).as_ref(), &feats, as_of, opts.dedupe, &opts.timezone);
     let (columns, duplicates, counted) = source::compute_features(&sql, &feats).or_raise();
     let users = columns.first().map_or(0, Vec::len);
     notice!("pg_segment: features for {users} users from {} order rows", skipped.total);

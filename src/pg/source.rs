@@ -166,11 +166,13 @@ impl Events {
     }
 }
 
-/// Reference time in epoch seconds: `as_of` from the options, or now().
+/// Reference time in epoch seconds: `as_of` from the options, or now(). Also checks the
+/// `timezone` option (PostgreSQL raises 22023 for an unknown zone, 22007 for a bad as_of).
 pub fn as_of(opts: &Options) -> Result<AsOf> {
     let v: Option<f64> = Spi::get_one_with_args(
-        "SELECT extract(epoch FROM coalesce($1::timestamptz, now()))::float8",
-        &[opts.as_of.clone().into()],
+        "SELECT extract(epoch FROM coalesce($1::timestamptz, now()))::float8 \
+         WHERE (now() AT TIME ZONE $2) IS NOT NULL",
+        &[opts.as_of.clone().into(), opts.timezone.clone().into()],
     )
     .map_err(from_spi)?;
     Ok(AsOf(v.unwrap_or(0.0)))
