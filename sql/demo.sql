@@ -93,7 +93,7 @@ BEGIN
                 WHEN 'champions'       THEN ARRAY['electronics', 'home']
                 WHEN 'frequent_small'  THEN ARRAY['grocery', 'beauty']
                 WHEN 'bargain_hunters' THEN ARRAY['fashion', 'toys']
-                WHEN 'lapsed'          THEN ARRAY['home', 'books']
+                WHEN 'lapsed'          THEN ARRAY['books', 'sports']
                 WHEN 'browsers'        THEN ARRAY['fashion', 'electronics']
                 ELSE (SELECT array_agg(c ORDER BY random()) FROM unnest(ARRAY['electronics','home','grocery','beauty','fashion','toys','books','sports']) c WHERE user_id > 0)
             END AS cats,

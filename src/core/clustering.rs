@@ -138,6 +138,11 @@ pub struct KScore {
 
 /// Points used to score each k.
 pub const AUTO_K_SAMPLE: usize = 4_000;
+/// k-means++ starts per k when scoring: a k scored on a poor local optimum would be passed
+/// over, so scoring uses many (cheap, on the small sample) starts.
+pub const AUTO_K_RUNS: usize = 10;
+/// k-means++ starts of the final fit (plus the scoring run's centroids as a warm start).
+pub const FINAL_RUNS: usize = 8;
 
 /// Tries every k in `range` on a sample; picks the best silhouette, Davies–Bouldin breaking
 /// near-ties (within 0.01). Returns the chosen k and every score.
@@ -147,7 +152,7 @@ pub fn choose_k(x: ArrayView2<f64>, range: (usize, usize), seed: u64) -> Result<
     let hi = range.1.min(s.nrows().saturating_sub(1));
     let mut scores = Vec::new();
     for k in range.0..=hi {
-        let centroids = kmeans(s.view(), k, 3, seed.wrapping_add(k as u64))?;
+        let centroids = kmeans(s.view(), k, AUTO_K_RUNS, seed.wrapping_add(k as u64))?;
         let c = Clustering { centroids, radii: None };
         let labels = labels_of(&c.assign(s.view()));
         let (sil, _) = silhouette(s.view(), &labels, k, seed);

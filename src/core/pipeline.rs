@@ -145,7 +145,7 @@ pub fn fit(
             };
             // The scoring run's centroids for this k are one more start for the final fit.
             let warm = scores.iter().find(|s| s.k == k).and_then(|s| s.centroids.as_ref());
-            let centroids = clustering::kmeans_from(e_sample.view(), k, 5, opts.seed, warm)?;
+            let centroids = clustering::kmeans_from(e_sample.view(), k, clustering::FINAL_RUNS, opts.seed, warm)?;
             (Clustering { centroids, radii: None }, scores, None, None)
         }
         Algorithm::Dbscan => {
