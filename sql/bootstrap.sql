@@ -44,11 +44,21 @@ CREATE TABLE segment.centroids (
 );
 COMMENT ON TABLE segment.centroids IS 'segments of every model version: centroid in embedding space, name, size at fit';
 
--- The current version of each model.
+-- Models whose segments are kept current by triggers (segment_live).
+CREATE TABLE segment.live (
+    model      text        PRIMARY KEY,
+    mode       text        NOT NULL CHECK (mode IN ('sync', 'async')),
+    source     regclass    NOT NULL,
+    events     regclass,
+    since      timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE segment.live IS 'models kept current by triggers, and how (sync or async)';
+
+-- The current version of each model, with its live mode.
 CREATE VIEW segment.current_models AS
-SELECT DISTINCT ON (model) *
-FROM segment.models
-ORDER BY model, version DESC;
+SELECT DISTINCT ON (m.model) m.*, coalesce(l.mode, 'off') AS live
+FROM segment.models m LEFT JOIN segment.live l USING (model)
+ORDER BY m.model, m.version DESC;
 
 -- Long form of the centroids, BigQuery ML.CENTROIDS style.
 CREATE VIEW segment.centroid_values AS
@@ -67,4 +77,5 @@ SELECT m.model, m.version, (s->>'k')::int AS k,
 FROM segment.models m, jsonb_array_elements(m.metrics->'k_scores') s;
 
 SELECT pg_catalog.pg_extension_config_dump('segment.models', '');
+SELECT pg_catalog.pg_extension_config_dump('segment.live', '');
 SELECT pg_catalog.pg_extension_config_dump('segment.centroids', '');

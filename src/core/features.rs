@@ -87,13 +87,21 @@ pub struct EventsSql {
     pub event_type: String,
 }
 
-/// Reference time as seconds since the epoch (PostgreSQL computed it, so it is exact).
-#[derive(Debug, Clone, Copy)]
-pub struct AsOf(pub f64);
+/// Reference time for recency and the recent-activity windows.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum AsOf {
+    /// Seconds since the epoch (PostgreSQL computed it, so it is exact).
+    At(f64),
+    /// The transaction's time: what live updates use.
+    Now,
+}
 
 impl AsOf {
     fn sql(self) -> String {
-        format!("to_timestamp({:.6})", self.0)
+        match self {
+            AsOf::At(epoch) => format!("to_timestamp({epoch:.6})"),
+            AsOf::Now => "now()".to_string(),
+        }
     }
 }
 
@@ -242,6 +250,25 @@ pub fn features_sql(
     dedupe: bool,
     timezone: &str,
 ) -> String {
+    format!(
+        "CREATE TEMP TABLE {table} ON COMMIT DROP AS {}",
+        features_select(o, events, feats, as_of, dedupe, timezone, None)
+    )
+}
+
+/// The query behind [`features_sql`]. `only_users`, when given, is a condition on the user
+/// column (such as `= ANY($1)`) applied to every source, so a live update aggregates exactly
+/// what the batch statement would for those users and nothing else.
+pub fn features_select(
+    o: &OrdersSql,
+    events: Option<&EventsSql>,
+    feats: &[FeatureDef],
+    as_of: AsOf,
+    dedupe: bool,
+    timezone: &str,
+    only_users: Option<&str>,
+) -> String {
+    let only = |col: &str| only_users.map(|c| format!(" AND {col} {c}")).unwrap_or_default();
     let asof = as_of.sql();
     let tz = quote_literal(timezone);
     let (filter, keep) = if dedupe { (" FILTER (WHERE NOT dup)", "NOT dup AND ") } else { ("", "") };
@@ -262,7 +289,7 @@ pub fn features_sql(
              coalesce(lag(t) OVER w = t AND lag(a) OVER w = a \
                       AND lag(c) OVER w IS NOT DISTINCT FROM c, false) AS dup \
            FROM (SELECT {u} AS u, ({t})::timestamptz AS t, ({a})::float8 AS a, {category} AS c \
-                 FROM {rel} WHERE {pred}) s \
+                 FROM {rel} WHERE {pred}{only_orders}) s \
            WINDOW w AS (PARTITION BY u ORDER BY t, a, c)), \
          g AS (SELECT {cols} FROM o GROUP BY user_id)",
         u = o.user,
@@ -270,13 +297,13 @@ pub fn features_sql(
         a = o.amount,
         rel = o.relation,
         pred = usable_order_predicate(o, as_of),
+        only_orders = only(&o.user),
         cols = agg_cols.join(", ")
     );
     let order_names = order_feats.iter().map(|f| format!("g.{}", quote_ident(&f.name)));
     match events {
         None => format!(
-            "CREATE TEMP TABLE {table} ON COMMIT DROP AS \
-             WITH {orders_cte} \
+            "WITH {orders_cte} \
              SELECT row_number() OVER (ORDER BY g.user_id) AS rn, g.user_id, g.duplicates, {cols} \
              FROM g",
             cols = order_names.collect::<Vec<_>>().join(", ")
@@ -287,15 +314,14 @@ pub fn features_sql(
                 .chain(event_feats.map(|f| format!("({})::float8 AS {}", f.sql, quote_ident(&f.name))))
                 .collect();
             format!(
-                "CREATE TEMP TABLE {table} ON COMMIT DROP AS \
-                 WITH {orders_cte}, \
+                "WITH {orders_cte}, \
                  e AS (SELECT {eu} AS user_id, count(*)::float8 AS events, \
                          count(*) FILTER (WHERE lower(({et})::text) IN ({views}))::float8 AS views, \
                          count(*) FILTER (WHERE lower(({et})::text) IN ({carts}))::float8 AS carts, \
                          count(*) FILTER (WHERE lower(({et})::text) IN ({searches}))::float8 AS searches, \
                          greatest(0, extract(epoch FROM {asof} - max(({etime})::timestamptz)) / 86400) AS event_recency_days \
                        FROM {erel} \
-                       WHERE {eu} IS NOT NULL AND {etime} IS NOT NULL AND ({etime})::timestamptz <= {asof} \
+                       WHERE {eu} IS NOT NULL AND {etime} IS NOT NULL AND ({etime})::timestamptz <= {asof}{only_events} \
                        GROUP BY 1) \
                  SELECT row_number() OVER (ORDER BY coalesce(g.user_id, e.user_id)) AS rn, \
                         coalesce(g.user_id, e.user_id) AS user_id, coalesce(g.duplicates, 0) AS duplicates, \
@@ -305,6 +331,7 @@ pub fn features_sql(
                 et = e.event_type,
                 etime = e.time,
                 erel = e.relation,
+                only_events = only(&e.user),
                 views = in_list(VIEW_TYPES),
                 carts = in_list(CART_TYPES),
                 searches = in_list(SEARCH_TYPES),
@@ -380,8 +407,8 @@ mod tests {
             category: None,
         };
         let feats = catalogue(&[], false, false);
-        let plain = features_sql("f", &o, None, &feats, AsOf(0.0), false, "UTC");
-        let dedup = features_sql("f", &o, None, &feats, AsOf(0.0), true, "UTC");
+        let plain = features_sql("f", &o, None, &feats, AsOf::At(0.0), false, "UTC");
+        let dedup = features_sql("f", &o, None, &feats, AsOf::At(0.0), true, "UTC");
         assert!(!plain.contains("NOT dup"));
         // every aggregate call of every feature is filtered
         let placeholders = |f: &[FeatureDef]| -> usize {
@@ -390,7 +417,7 @@ mod tests {
         assert!(placeholders(&feats) >= feats.len());
         assert_eq!(dedup.matches("NOT dup").count(), placeholders(&feats));
         let with_cats = catalogue(&[TopCategory { name: "a".into(), share: 0.5 }], true, false);
-        let dedup = features_sql("f", &o, None, &with_cats, AsOf(0.0), true, "UTC");
+        let dedup = features_sql("f", &o, None, &with_cats, AsOf::At(0.0), true, "UTC");
         // category shares filter both their numerator and their denominator
         assert_eq!(dedup.matches("NOT dup").count(), placeholders(&feats) + 4);
         assert!(!dedup.contains("{f}") && !dedup.contains("{k}"));
@@ -407,7 +434,7 @@ mod tests {
         };
         let cats = vec![TopCategory { name: "it's".into(), share: 0.5 }];
         let feats = catalogue(&cats, true, false);
-        let sql = features_sql("pg_temp.f", &o, None, &feats, AsOf(0.0), false, "UTC");
+        let sql = features_sql("pg_temp.f", &o, None, &feats, AsOf::At(0.0), false, "UTC");
         assert!(sql.contains("\"Customer\" AS u"));
         assert!(sql.contains("'it''s'"));
         assert!(sql.contains("AS \"category:it's\""));

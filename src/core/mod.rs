@@ -6,6 +6,7 @@ pub mod detect;
 pub mod embedding;
 pub mod error;
 pub mod features;
+pub mod matching;
 pub mod metrics;
 pub mod naming;
 pub mod options;

@@ -27,9 +27,29 @@ pub struct Model {
     pub scaler: Scaler,
     pub encoder: Encoder,
     pub clustering: Clustering,
+    /// The segment id of each centroid (1..=k at the first fit; a label-stable refit keeps the
+    /// ids of the segments it matched).
+    #[serde(default)]
+    pub segment_ids: Vec<i32>,
 }
 
 impl Model {
+    /// The segment id and distance for each user of a batch (`None` for DBSCAN noise).
+    pub fn assign(&self, columns: &[Vec<Option<f64>>]) -> (Array2<f64>, Vec<Option<(i32, f64)>>) {
+        let e = self.embed(columns);
+        let assigned = self
+            .clustering
+            .assign(e.view())
+            .into_iter()
+            .map(|a| a.map(|(c, d)| (self.segment_id(c), d)))
+            .collect();
+        (e, assigned)
+    }
+
+    pub fn segment_id(&self, index: usize) -> i32 {
+        self.segment_ids.get(index).copied().unwrap_or(index as i32 + 1)
+    }
+
     /// Scaled features → embedding → segment, for a batch of users (column-major raw input).
     pub fn embed(&self, columns: &[Vec<Option<f64>>]) -> Array2<f64> {
         self.encoder.encode(self.scaler.transform(columns).view())
@@ -184,7 +204,13 @@ pub fn fit(
         metrics,
     };
     Ok(FitResult {
-        model: Model { features, scaler, encoder, clustering: clusters },
+        model: Model {
+            features,
+            scaler,
+            encoder,
+            segment_ids: (1..=clusters.k() as i32).collect(),
+            clustering: clusters,
+        },
         report,
         segments,
         assignments,

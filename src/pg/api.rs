@@ -109,7 +109,7 @@ fn segment_users_impl(
         "events": events.as_ref().map(|e| json!({
             "table": e.rel.name, "user": e.user.name, "time": e.time.name, "type": e.event_type.name,
         })),
-        "as_of": as_of.0,
+        "as_of": match as_of { features::AsOf::At(epoch) => json!(epoch), features::AsOf::Now => json!("now") },
         "categories": categories.iter().map(|c| json!({"name": c.name, "share": c.share})).collect::<Vec<_>>(),
         "features": fit.model.features,
         "options": opts,

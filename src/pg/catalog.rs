@@ -34,6 +34,14 @@ pub fn segments_view(model: &str) -> String {
     format!("{model}_segments")
 }
 
+pub fn history_table(model: &str) -> String {
+    format!("{model}_history")
+}
+
+pub fn queue_table(model: &str) -> String {
+    format!("{model}_queue")
+}
+
 /// What the lookup functions need to know about a model's current version.
 pub struct Current {
     pub version: i32,
@@ -106,11 +114,16 @@ pub fn ensure_users_table(model: &str, key_type: &str) -> Result<()> {
     )
     .map_err(from_spi)?;
     let (t, v) = (quote_ident(&table), quote_ident(&segments_view(model)));
+    let (h, q) = (quote_ident(&history_table(model)), quote_ident(&queue_table(model)));
     if existing.as_deref() == Some(key_type) {
         return Ok(());
     }
     if existing.is_some() {
-        Spi::run(&format!("DROP VIEW IF EXISTS segment.{v}; DROP TABLE segment.{t}")).map_err(from_spi)?;
+        Spi::run(&format!(
+            "DROP VIEW IF EXISTS segment.{v}; DROP TABLE segment.{t}; \
+             DROP TABLE IF EXISTS segment.{h}; DROP TABLE IF EXISTS segment.{q}"
+        ))
+        .map_err(from_spi)?;
     }
     let rfm: Vec<String> = RFM_COLUMNS.iter().map(|c| format!("{c} float8")).collect();
     Spi::run(&format!(
@@ -130,11 +143,27 @@ pub fn ensure_users_table(model: &str, key_type: &str) -> Result<()> {
            FROM segment.{t} u \
            LEFT JOIN segment.centroids c \
              ON c.model = {m} AND c.version = u.model_version AND c.segment_id = u.segment_id; \
-         COMMENT ON VIEW segment.{v} IS {vcomment}",
+         COMMENT ON VIEW segment.{v} IS {vcomment}; \
+         CREATE TABLE segment.{h} (\
+           user_id {key_type} NOT NULL, \
+           from_segment int, \
+           to_segment int, \
+           changed_at timestamptz NOT NULL DEFAULT now(), \
+           model_version int NOT NULL, \
+           reason text NOT NULL); \
+         CREATE INDEX ON segment.{h} (user_id, changed_at); \
+         CREATE INDEX ON segment.{h} (changed_at); \
+         COMMENT ON TABLE segment.{h} IS {hcomment}; \
+         CREATE TABLE segment.{q} (\
+           user_id {key_type} PRIMARY KEY, \
+           enqueued_at timestamptz NOT NULL DEFAULT now()); \
+         COMMENT ON TABLE segment.{q} IS {qcomment}",
         rfm = rfm.join(", "),
         m = quote_literal(model),
         comment = quote_literal(&format!("pg_segment model {model}: features, embedding and segment per user")),
         vcomment = quote_literal(&format!("pg_segment model {model}: segment id and name per user")),
+        hcomment = quote_literal(&format!("pg_segment model {model}: every segment membership change")),
+        qcomment = quote_literal(&format!("pg_segment model {model}: users waiting for segment_process (async live mode)")),
     ))
     .map_err(from_spi)
 }

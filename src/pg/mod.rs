@@ -3,7 +3,14 @@
 mod api;
 mod catalog;
 mod error;
+mod gucs;
+mod live;
 mod source;
+
+#[pgrx::pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    gucs::init();
+}
 
 pgrx::extension_sql_file!("../../sql/bootstrap.sql", name = "bootstrap", bootstrap);
 pgrx::extension_sql_file!("../../sql/demo.sql", name = "demo", finalize);

@@ -175,7 +175,7 @@ pub fn as_of(opts: &Options) -> Result<AsOf> {
         &[opts.as_of.clone().into(), opts.timezone.clone().into()],
     )
     .map_err(from_spi)?;
-    Ok(AsOf(v.unwrap_or(0.0)))
+    Ok(AsOf::At(v.unwrap_or(0.0)))
 }
 
 pub fn top_categories(o: &OrdersSql, as_of: AsOf) -> Result<Vec<TopCategory>> {

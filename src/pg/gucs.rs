@@ -1,0 +1,24 @@
+//! Settings, all under the reserved prefix `pg_segment.`.
+
+use std::ffi::CString;
+
+use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
+
+pub static NOTIFY_CHANNEL: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"segment_changes"));
+
+pub fn init() {
+    GucRegistry::define_string_guc(
+        c"pg_segment.notify_channel",
+        c"NOTIFY channel for segment membership changes.",
+        c"Live updates, segment_process and segment_refresh send a JSON payload for each batch of users who changed segment. Empty disables notifications.",
+        &NOTIFY_CHANNEL,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    unsafe { pgrx::pg_sys::MarkGUCPrefixReserved(c"pg_segment".as_ptr()) };
+}
+
+pub fn notify_channel() -> Option<String> {
+    NOTIFY_CHANNEL.get().map(|c| c.to_string_lossy().into_owned()).filter(|c| !c.is_empty())
+}

@@ -1,0 +1,560 @@
+//! Live segments: triggers on the behaviour tables keep each touched user's features, embedding
+//! and segment current, in the writer's transaction (`sync`) or through a queue drained by
+//! `segment_process` (`async`). A touched user's features are recomputed from the source with
+//! the very statement the batch fit uses, restricted to those users, so the incremental result
+//! equals a batch recompute by construction.
+
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
+use std::rc::Rc;
+
+use pgrx::datum::DatumWithOid;
+use pgrx::prelude::*;
+use serde_json::{json, Value};
+
+use crate::core::error::{ErrorKind, Result, SegError};
+use crate::core::features::{self, quote_ident, quote_literal, AsOf, EventsSql, OrdersSql, TopCategory, RFM_COLUMNS};
+use crate::core::options::Options;
+use crate::core::pipeline::Model;
+use crate::pg::catalog::{self, history_table, queue_table, users_table};
+use crate::pg::error::{from_spi, OrRaise};
+use crate::pg::gucs;
+
+/// A model version as the live path needs it, cached per backend and per model.
+pub struct LiveModel {
+    pub model: String,
+    pub version: i32,
+    pub key_type: String,
+    pub fitted: Model,
+    pub orders: OrdersSql,
+    pub events: Option<EventsSql>,
+    pub options: Options,
+    /// Feature statement for the users in `$1` (text keys), returning `user_id::text` first.
+    pub select_for_users: String,
+}
+
+thread_local! {
+    static CACHE: RefCell<HashMap<String, Rc<LiveModel>>> = RefCell::new(HashMap::new());
+}
+
+fn spec_str(v: &Value, path: &[&str]) -> Option<String> {
+    path.iter().try_fold(v, |v, k| v.get(k)).and_then(Value::as_str).map(str::to_string)
+}
+
+fn broken(model: &str, what: &str) -> SegError {
+    SegError::new(ErrorKind::TrainingFailed, format!("model \"{model}\" cannot be used for live updates"))
+        .detail(what.to_string())
+        .hint("re-fit it with segment_users()")
+}
+
+/// The current version of `model`, from the cache when no newer version was committed.
+pub fn load(model: &str) -> Result<Rc<LiveModel>> {
+    let version: Option<i32> =
+        Spi::get_one_with_args("SELECT max(version) FROM segment.models WHERE model = $1", &[model.into()])
+            .map_err(from_spi)?;
+    let Some(version) = version else {
+        return catalog::current(model).and_then(|_| Err(broken(model, "no version")));
+    };
+    if let Some(hit) = CACHE.with(|c| c.borrow().get(model).filter(|m| m.version == version).cloned()) {
+        return Ok(hit);
+    }
+    let row = Spi::connect(|c| {
+        let args: [DatumWithOid; 2] = [model.into(), version.into()];
+        let t = c
+            .select(
+                "SELECT key_type, params::text, spec::text, source::text, events::text \
+                 FROM segment.models WHERE model = $1 AND version = $2",
+                Some(1),
+                &args,
+            )
+            .map_err(from_spi)?;
+        let r = t.first();
+        Ok::<_, SegError>((
+            r.get::<String>(1).map_err(from_spi)?.unwrap_or_default(),
+            r.get::<String>(2).map_err(from_spi)?.unwrap_or_default(),
+            r.get::<String>(3).map_err(from_spi)?.unwrap_or_default(),
+            r.get::<String>(4).map_err(from_spi)?.unwrap_or_default(),
+            r.get::<String>(5).map_err(from_spi)?,
+        ))
+    })?;
+    let (key_type, params, spec, source, events_rel) = row;
+    let fitted: Model = serde_json::from_str(&params).map_err(|e| broken(model, &e.to_string()))?;
+    let spec: Value = serde_json::from_str(&spec).map_err(|e| broken(model, &e.to_string()))?;
+    let options: Options =
+        serde_json::from_value(spec["options"].clone()).map_err(|e| broken(model, &e.to_string()))?;
+    let col = |k: &str| spec_str(&spec, &["columns", k]).map(|c| quote_ident(&c));
+    let orders = OrdersSql {
+        relation: source,
+        user: col("user").ok_or_else(|| broken(model, "no user column"))?,
+        time: col("time").ok_or_else(|| broken(model, "no time column"))?,
+        amount: col("amount").ok_or_else(|| broken(model, "no amount column"))?,
+        category: col("category"),
+    };
+    let events = match events_rel {
+        Some(relation) => Some(EventsSql {
+            relation,
+            user: quote_ident(&spec_str(&spec, &["events", "user"]).unwrap_or_default()),
+            time: quote_ident(&spec_str(&spec, &["events", "time"]).unwrap_or_default()),
+            event_type: quote_ident(&spec_str(&spec, &["events", "type"]).unwrap_or_default()),
+        }),
+        None => None,
+    };
+    let categories: Vec<TopCategory> = spec["categories"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|c| TopCategory {
+                    name: c["name"].as_str().unwrap_or_default().to_string(),
+                    share: c["share"].as_f64().unwrap_or(0.0),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let feats = features::catalogue(&categories, orders.category.is_some(), events.is_some());
+    let stored: Vec<&str> = fitted.features.iter().map(|f| f.name.as_str()).collect();
+    if feats.iter().map(|f| f.name.as_str()).ne(stored.iter().copied()) {
+        return Err(broken(model, "its feature list does not match this version of pg_segment"));
+    }
+    let only = format!("= ANY($1::text[]::{key_type}[])");
+    let inner = features::features_select(
+        &orders,
+        events.as_ref(),
+        &feats,
+        AsOf::Now,
+        options.dedupe,
+        &options.timezone,
+        Some(&only),
+    );
+    let cols: Vec<String> = feats.iter().map(|f| format!("f.{}", quote_ident(&f.name))).collect();
+    let select_for_users = format!("SELECT f.user_id::text, {} FROM ({inner}) f", cols.join(", "));
+    let live = Rc::new(LiveModel {
+        model: model.to_string(),
+        version,
+        key_type,
+        fitted,
+        orders,
+        events,
+        options,
+        select_for_users,
+    });
+    CACHE.with(|c| c.borrow_mut().insert(model.to_string(), live.clone()));
+    Ok(live)
+}
+
+/// One membership change, for history and NOTIFY.
+struct Change {
+    user: String,
+    from: Option<i32>,
+    to: Option<i32>,
+}
+
+/// Recomputes, re-embeds and re-assigns `keys` (text forms of the user keys) under the current
+/// model; users with no usable rows left are removed. Returns the number of users whose segment
+/// changed.
+pub fn apply(model: &str, keys: &[String], reason: &str) -> Result<usize> {
+    if keys.is_empty() {
+        return Ok(0);
+    }
+    let live = load(model)?;
+    lock_users(model, keys)?;
+
+    // Features from the source, for exactly these users (a fresh snapshot after the locks).
+    let n_feats = live.fitted.features.len();
+    let (found, columns) = Spi::connect(|c| {
+        let args: [DatumWithOid; 1] = [keys.to_vec().into()];
+        let mut found = Vec::new();
+        let mut columns = vec![Vec::new(); n_feats];
+        for row in c.select(&live.select_for_users, None, &args).map_err(from_spi)? {
+            found.push(row.get::<String>(1).map_err(from_spi)?.unwrap_or_default());
+            for (j, col) in columns.iter_mut().enumerate() {
+                col.push(row.get::<f64>(j + 2).map_err(from_spi)?);
+            }
+        }
+        Ok::<_, SegError>((found, columns))
+    })?;
+    let mut changes = upsert(&live, &found, &columns, reason)?;
+    let found_set: HashSet<&String> = found.iter().collect();
+    let gone: Vec<String> = keys.iter().filter(|k| !found_set.contains(k)).cloned().collect();
+    changes.extend(remove(&live, &gone, reason)?);
+    notify(model, live.version, reason, &changes)?;
+    Ok(changes.len())
+}
+
+/// Per-user transaction locks, taken in one order so that concurrent statements touching the
+/// same users cannot deadlock. Different users never wait for each other.
+fn lock_users(model: &str, keys: &[String]) -> Result<()> {
+    Spi::run_with_args(
+        "SELECT count(pg_catalog.pg_advisory_xact_lock(h)) FROM ( \
+           SELECT DISTINCT pg_catalog.hashtextextended($1 || ':' || k, 0) AS h \
+           FROM unnest($2::text[]) k ORDER BY 1) s",
+        &[model.into(), keys.to_vec().into()],
+    )
+    .map_err(from_spi)
+}
+
+/// Writes features, embedding and segment of the `found` users, and their history.
+fn upsert(live: &LiveModel, found: &[String], columns: &[Vec<Option<f64>>], reason: &str) -> Result<Vec<Change>> {
+    if found.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (embedding, assigned) = live.fitted.assign(columns);
+    let n_feats = columns.len();
+    let mut flat_features: Vec<Option<f64>> = Vec::with_capacity(found.len() * n_feats);
+    for i in 0..found.len() {
+        flat_features.extend(columns.iter().map(|c| c[i]));
+    }
+    let segment: Vec<Option<i32>> = assigned.iter().map(|a| a.map(|(s, _)| s)).collect();
+    let distance: Vec<Option<f64>> = assigned.iter().map(|a| a.map(|(_, d)| d)).collect();
+    let flat_embedding: Vec<f32> = embedding.iter().map(|&v| v as f32).collect();
+    let dims = embedding.ncols() as i64;
+    let rfm: Vec<String> = (1..=RFM_COLUMNS.len()).map(|j| format!("$5[(i - 1) * $6 + {j}]")).collect();
+    let sql = format!(
+        "WITH input AS ( \
+           SELECT k::{kt} AS user_id, s AS segment_id, d AS distance, i \
+           FROM unnest($1::text[], $2::int[], $3::float8[]) WITH ORDINALITY AS x(k, s, d, i)), \
+         old AS (SELECT u.user_id, u.segment_id FROM segment.{t} u JOIN input USING (user_id)), \
+         up AS ( \
+           INSERT INTO segment.{t} AS u (user_id, segment_id, distance, model_version, {rfm_names}, \
+                                         features, embedding, updated_at) \
+           SELECT user_id, segment_id, distance, $4, {rfm}, \
+                  $5[(i - 1) * $6 + 1 : i * $6], $7[(i - 1) * $8 + 1 : i * $8], now() \
+           FROM input \
+           ON CONFLICT (user_id) DO UPDATE SET segment_id = EXCLUDED.segment_id, distance = EXCLUDED.distance, \
+             model_version = EXCLUDED.model_version, {rfm_set}, features = EXCLUDED.features, \
+             embedding = EXCLUDED.embedding, updated_at = EXCLUDED.updated_at \
+           RETURNING u.user_id, u.segment_id), \
+         changed AS ( \
+           INSERT INTO segment.{h} (user_id, from_segment, to_segment, model_version, reason) \
+           SELECT up.user_id, old.segment_id, up.segment_id, $4, $9 \
+           FROM up LEFT JOIN old USING (user_id) \
+           WHERE old.segment_id IS DISTINCT FROM up.segment_id \
+           RETURNING user_id, from_segment, to_segment) \
+         SELECT user_id::text, from_segment, to_segment FROM changed",
+        kt = live.key_type,
+        t = quote_ident(&users_table(&live.model)),
+        h = quote_ident(&history_table(&live.model)),
+        rfm_names = RFM_COLUMNS.join(", "),
+        rfm = rfm.join(", "),
+        rfm_set = RFM_COLUMNS.iter().map(|c| format!("{c} = EXCLUDED.{c}")).collect::<Vec<_>>().join(", "),
+    );
+    Spi::connect_mut(|c| {
+        let args: [DatumWithOid; 9] = [
+            found.to_vec().into(),
+            segment.into(),
+            distance.into(),
+            live.version.into(),
+            flat_features.into(),
+            (n_feats as i64).into(),
+            flat_embedding.into(),
+            dims.into(),
+            reason.into(),
+        ];
+        collect_changes(c.update(&sql, None, &args).map_err(from_spi)?)
+    })
+}
+
+/// Removes users that have no usable rows left (every order deleted, say).
+fn remove(live: &LiveModel, gone: &[String], reason: &str) -> Result<Vec<Change>> {
+    if gone.is_empty() {
+        return Ok(Vec::new());
+    }
+    let sql = format!(
+        "WITH gone AS (DELETE FROM segment.{t} WHERE user_id = ANY($1::text[]::{kt}[]) RETURNING user_id, segment_id), \
+         changed AS ( \
+           INSERT INTO segment.{h} (user_id, from_segment, to_segment, model_version, reason) \
+           SELECT user_id, segment_id, NULL, $2, $3 FROM gone WHERE segment_id IS NOT NULL \
+           RETURNING user_id, from_segment, to_segment) \
+         SELECT user_id::text, from_segment, to_segment FROM changed",
+        kt = live.key_type,
+        t = quote_ident(&users_table(&live.model)),
+        h = quote_ident(&history_table(&live.model)),
+    );
+    Spi::connect_mut(|c| {
+        let args: [DatumWithOid; 3] = [gone.to_vec().into(), live.version.into(), reason.into()];
+        collect_changes(c.update(&sql, None, &args).map_err(from_spi)?)
+    })
+}
+
+fn collect_changes(t: pgrx::spi::SpiTupleTable) -> Result<Vec<Change>> {
+    let mut out = Vec::new();
+    for r in t {
+        out.push(Change {
+            user: r.get::<String>(1).map_err(from_spi)?.unwrap_or_default(),
+            from: r.get::<i32>(2).map_err(from_spi)?,
+            to: r.get::<i32>(3).map_err(from_spi)?,
+        });
+    }
+    Ok(out)
+}
+
+/// Largest NOTIFY payload we send (PostgreSQL's limit is 8000 bytes).
+const NOTIFY_PAYLOAD_MAX: usize = 7_500;
+
+/// Sends the changes on the `pg_segment.notify_channel` channel as JSON, as few payloads as
+/// fit: `{"model", "version", "reason", "changes": [{"user", "from", "to"}, ...]}`.
+fn notify(model: &str, version: i32, reason: &str, changes: &[Change]) -> Result<()> {
+    let Some(channel) = gucs::notify_channel() else { return Ok(()) };
+    if changes.is_empty() {
+        return Ok(());
+    }
+    let head = json!({"model": model, "version": version, "reason": reason}).to_string();
+    let mut payloads = Vec::new();
+    let mut batch: Vec<String> = Vec::new();
+    let mut size = head.len() + 16;
+    for c in changes {
+        let item = json!({"user": c.user, "from": c.from, "to": c.to}).to_string();
+        if !batch.is_empty() && size + item.len() + 1 > NOTIFY_PAYLOAD_MAX {
+            payloads.push(std::mem::take(&mut batch));
+            size = head.len() + 16;
+        }
+        size += item.len() + 1;
+        batch.push(item);
+    }
+    payloads.push(batch);
+    let texts: Vec<String> = payloads
+        .into_iter()
+        .map(|b| format!("{},\"changes\":[{}]}}", &head[..head.len() - 1], b.join(",")))
+        .collect();
+    Spi::run_with_args("SELECT count(pg_catalog.pg_notify($1, p)) FROM unnest($2::text[]) p", &[channel.into(), texts.into()])
+        .map_err(from_spi)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Installing and removing the triggers
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Sync,
+    Async,
+    Off,
+}
+
+impl Mode {
+    pub fn parse(s: &str) -> Result<Mode> {
+        match s {
+            "sync" => Ok(Mode::Sync),
+            "async" => Ok(Mode::Async),
+            "off" => Ok(Mode::Off),
+            _ => Err(SegError::invalid(format!("invalid live mode \"{s}\""))
+                .hint("use 'sync' (update in the writer's transaction), 'async' (queue for segment_process) or 'off'")),
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Mode::Sync => "sync",
+            Mode::Async => "async",
+            Mode::Off => "off",
+        }
+    }
+}
+
+/// The SQL name of a trigger or trigger function for `model` on `table_role` ("orders" or
+/// "events") and event ("ins", "upd", "del", "trunc").
+fn object_name(model: &str, table_role: &str, event: &str) -> String {
+    format!("{model}_live_{table_role}_{event}")
+}
+
+const EVENTS: [(&str, &str, &str); 3] = [
+    ("ins", "INSERT", "REFERENCING NEW TABLE AS new_rows"),
+    ("upd", "UPDATE", "REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows"),
+    ("del", "DELETE", "REFERENCING OLD TABLE AS old_rows"),
+];
+
+fn drop_triggers(model: &str) -> Result<()> {
+    let installed: Option<(Option<String>, Option<String>)> = Spi::connect(|c| {
+        let args: [DatumWithOid; 1] = [model.into()];
+        let t = c
+            .select("SELECT source::text, events::text FROM segment.live WHERE model = $1", Some(1), &args)
+            .map_err(from_spi)?;
+        Ok::<_, SegError>(t.into_iter().next().map(|r| (r.get::<String>(1).ok().flatten(), r.get::<String>(2).ok().flatten())))
+    })?;
+    let Some((source, events)) = installed else { return Ok(()) };
+    for (role, rel) in [("orders", source), ("events", events)] {
+        let Some(rel) = rel else { continue };
+        for event in ["ins", "upd", "del", "trunc"] {
+            let name = quote_ident(&object_name(model, role, event));
+            Spi::run(&format!(
+                "DROP TRIGGER IF EXISTS {name} ON {rel}; DROP FUNCTION IF EXISTS segment.{name}()"
+            ))
+            .map_err(from_spi)?;
+        }
+    }
+    Spi::run_with_args("DELETE FROM segment.live WHERE model = $1", &[model.into()]).map_err(from_spi)
+}
+
+/// Installs (or removes, for `off`) the live triggers of `model`'s current version.
+pub fn install(model: &str, mode: Mode) -> Result<()> {
+    catalog::check_model_name(model)?;
+    let live = load(model)?;
+    catalog::lock_model(model)?;
+    drop_triggers(model)?;
+    if mode == Mode::Off {
+        return Ok(());
+    }
+    let ext_schema: String = Spi::get_one(
+        "SELECT quote_ident(n.nspname) FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace \
+         WHERE e.extname = 'pg_segment'",
+    )
+    .map_err(from_spi)?
+    .unwrap_or_else(|| "public".into());
+    let queue = quote_ident(&queue_table(model));
+    let mut tables = vec![("orders", live.orders.relation.clone(), live.orders.user.clone())];
+    if let Some(e) = &live.events {
+        tables.push(("events", e.relation.clone(), e.user.clone()));
+    }
+    for (role, rel, user) in &tables {
+        for (event, op, referencing) in EVENTS {
+            let keys = match event {
+                "ins" => format!("SELECT {user} FROM new_rows"),
+                "del" => format!("SELECT {user} FROM old_rows"),
+                _ => format!("SELECT {user} FROM old_rows UNION SELECT {user} FROM new_rows"),
+            };
+            let keys = format!("SELECT DISTINCT k FROM ({keys}) s(k) WHERE k IS NOT NULL");
+            let body = match mode {
+                Mode::Async => format!(
+                    "INSERT INTO segment.{queue} (user_id) {keys} ON CONFLICT (user_id) DO NOTHING; RETURN NULL;"
+                ),
+                _ => format!(
+                    "PERFORM {ext_schema}._segment_live_apply({m}, ARRAY({keys})::text[]); \
+                     RETURN NULL; \
+                   EXCEPTION WHEN OTHERS THEN \
+                     INSERT INTO segment.{queue} (user_id) {keys} ON CONFLICT (user_id) DO NOTHING; \
+                     RAISE WARNING 'pg_segment: live update of model \"%\" failed: %', {m}, SQLERRM \
+                       USING HINT = 'the users were queued; SELECT segment_process(' || quote_literal({m}) || ') applies them'; \
+                     RETURN NULL;",
+                    m = quote_literal(model)
+                ),
+            };
+            write_trigger(model, role, event, rel, &format!("AFTER {op} ON {rel} {referencing} FOR EACH STATEMENT"), &body)?;
+        }
+        // TRUNCATE has no transition table: re-derive every user of the model.
+        let body = match mode {
+            Mode::Async => format!(
+                "INSERT INTO segment.{queue} (user_id) SELECT user_id FROM segment.{t} ON CONFLICT (user_id) DO NOTHING; RETURN NULL;",
+                t = quote_ident(&users_table(model))
+            ),
+            _ => format!("PERFORM {ext_schema}._segment_live_truncate({}); RETURN NULL;", quote_literal(model)),
+        };
+        write_trigger(model, role, "trunc", rel, &format!("AFTER TRUNCATE ON {rel} FOR EACH STATEMENT"), &body)?;
+    }
+    Spi::run_with_args(
+        "INSERT INTO segment.live (model, mode, source, events) VALUES ($1, $2, $3::regclass, $4::regclass)",
+        &[
+            model.into(),
+            mode.as_str().into(),
+            live.orders.relation.clone().into(),
+            live.events.as_ref().map(|e| e.relation.clone()).into(),
+        ],
+    )
+    .map_err(from_spi)
+}
+
+/// A SECURITY DEFINER trigger function (so writers need no rights on schema `segment`) with a
+/// pinned search_path, and its statement-level trigger.
+fn write_trigger(model: &str, role: &str, event: &str, rel: &str, when: &str, body: &str) -> Result<()> {
+    let name = quote_ident(&object_name(model, role, event));
+    Spi::run(&format!(
+        "CREATE FUNCTION segment.{name}() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER \
+           SET search_path = pg_catalog, pg_temp AS $fn$ BEGIN {body} END $fn$; \
+         REVOKE ALL ON FUNCTION segment.{name}() FROM PUBLIC; \
+         CREATE TRIGGER {name} {when} EXECUTE FUNCTION segment.{name}(); \
+         COMMENT ON TRIGGER {name} ON {rel} IS 'pg_segment: keeps model {m} current'",
+        m = model.replace('\'', "")
+    ))
+    .map_err(from_spi)
+}
+
+/// Drains up to `max_users` queued users: claimed with SKIP LOCKED, so several sessions can
+/// run it at once without waiting for or repeating each other's work.
+pub fn process(model: &str, max_users: i32) -> Result<i32> {
+    catalog::check_model_name(model)?;
+    catalog::current(model)?;
+    let queue = quote_ident(&queue_table(model));
+    let keys: Vec<String> = Spi::connect_mut(|c| {
+        let args: [DatumWithOid; 1] = [max_users.into()];
+        let t = c
+            .update(
+                &format!(
+                    "DELETE FROM segment.{queue} WHERE user_id IN ( \
+                       SELECT user_id FROM segment.{queue} ORDER BY enqueued_at, user_id \
+                       LIMIT $1 FOR UPDATE SKIP LOCKED) \
+                     RETURNING user_id::text"
+                ),
+                None,
+                &args,
+            )
+            .map_err(from_spi)?;
+        let mut keys = Vec::new();
+        for r in t {
+            keys.push(r.get::<String>(1).map_err(from_spi)?.unwrap_or_default());
+        }
+        Ok::<_, SegError>(keys)
+    })?;
+    apply(model, &keys, "order")?;
+    Ok(keys.len() as i32)
+}
+
+/// Every user currently in the model, as text keys.
+pub fn all_users(model: &str) -> Result<Vec<String>> {
+    let t = quote_ident(&users_table(model));
+    Spi::get_one::<Vec<String>>(&format!("SELECT coalesce(array_agg(user_id::text), '{{}}') FROM segment.{t}"))
+        .map_err(from_spi)
+        .map(Option::unwrap_or_default)
+}
+
+// ---------------------------------------------------------------------------------------------
+// SQL functions
+
+/// Turns live updates on (`sync`, `async`) or off for a model.
+#[pg_extern(volatile, parallel_unsafe)]
+fn segment_live(model: default!(&str, "'default'"), mode: default!(&str, "'sync'")) {
+    install(model, Mode::parse(mode).or_raise()).or_raise()
+}
+
+/// Applies queued users of an async model; returns how many were processed.
+#[pg_extern(volatile, parallel_unsafe)]
+fn segment_process(model: default!(&str, "'default'"), max_users: default!(i32, 10000)) -> i32 {
+    if max_users < 1 {
+        crate::pg::error::raise(SegError::invalid(format!("max_users must be at least 1, not {max_users}")));
+    }
+    process(model, max_users).or_raise()
+}
+
+/// Called by the sync triggers with the touched users' keys.
+#[pg_extern(name = "_segment_live_apply", volatile, parallel_unsafe)]
+fn live_apply(model: &str, keys: Vec<Option<String>>) {
+    let keys: Vec<String> = keys.into_iter().flatten().collect();
+    apply(model, &keys, "order").or_raise();
+}
+
+/// Called by the sync TRUNCATE triggers: every user is re-derived from what is left.
+#[pg_extern(name = "_segment_live_truncate", volatile, parallel_unsafe)]
+fn live_truncate(model: &str) {
+    let keys = all_users(model).or_raise();
+    apply(model, &keys, "truncate").or_raise();
+}
+
+/// Pending work of a model's queue.
+#[pg_extern(name = "_segment_queue_stats", stable, parallel_safe)]
+fn queue_stats(
+    model: &str,
+) -> TableIterator<'static, (name!(pending, i64), name!(oldest, Option<pgrx::datum::TimestampWithTimeZone>))> {
+    let q = quote_ident(&queue_table(model));
+    let row = Spi::get_two::<i64, pgrx::datum::TimestampWithTimeZone>(&format!(
+        "SELECT count(*), min(enqueued_at) FROM segment.{q}"
+    ))
+    .or_raise();
+    TableIterator::once((row.0.unwrap_or(0), row.1))
+}
+
+extension_sql!(
+    r#"
+-- Live mode of every model and its queue: pending users and the oldest enqueue time.
+CREATE VIEW segment.live_status AS
+SELECT l.model, l.mode, l.source, l.events, l.since, q.pending, q.oldest
+FROM segment.live l, LATERAL @extschema@._segment_queue_stats(l.model) q;
+"#,
+    name = "live_status_view",
+    requires = [queue_stats, "bootstrap"]
+);
