@@ -52,6 +52,9 @@ pub struct Options {
     /// Time zone of the hour-of-day and day-of-week features (not the session's, so a model
     /// does not depend on who runs it).
     pub timezone: String,
+    /// Live mode to switch on after the fit: "sync", "async" or "off".
+    #[serde(default)]
+    pub live: Option<String>,
 }
 
 pub const KNOWN_KEYS: &[&str] = &[
@@ -67,6 +70,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "eps",
     "min_points",
     "timezone",
+    "live",
 ];
 
 pub const MAX_DIMS: usize = 64;
@@ -87,6 +91,7 @@ impl Default for Options {
             eps: None,
             min_points: None,
             timezone: "UTC".to_string(),
+            live: None,
         }
     }
 }
@@ -200,6 +205,10 @@ impl Options {
                 },
                 "min_points" => o.min_points = Some(as_int(key, val, 2, 10_000)? as usize),
                 "timezone" => o.timezone = as_str(key, val)?.to_string(),
+                "live" => match as_str(key, val)? {
+                    m @ ("sync" | "async" | "off") => o.live = Some(m.to_string()),
+                    _ => return Err(bad(key, "\"sync\", \"async\" or \"off\"", val)),
+                },
                 unknown => {
                     return Err(SegError::invalid(format!("unknown option \"{unknown}\""))
                         .hint(format!("valid options are: {}", KNOWN_KEYS.join(", "))))

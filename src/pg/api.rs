@@ -8,9 +8,11 @@ use serde_json::{json, Map, Value};
 use crate::core::error::SegError;
 use crate::core::features::{self, quote_ident};
 use crate::core::options::Options;
+use crate::core::matching::{self, Lineage};
 use crate::core::pipeline::{self, FitResult};
 use crate::pg::catalog::{self, CentroidRow, ModelRow};
 use crate::pg::error::{from_spi, raise, OrRaise};
+use crate::pg::live;
 use crate::pg::source::{self, Events, Orders, WORK_TABLE};
 
 fn required<T>(v: Option<T>, what: &str) -> T {
@@ -54,28 +56,56 @@ fn segment_users_impl(
 ) -> TableIterator<'static, (name!(segment_id, i32), name!(name, String), name!(users, i64), name!(share, f64))> {
     let source = required(source, "source");
     let model = required(model, "model");
-    catalog::check_model_name(&model).or_raise();
-    pipeline::check_k(k).or_raise();
     let opts = Options::parse(&options.map(|j| j.0).unwrap_or(Value::Null)).or_raise();
+    let args = FitArgs { source, k, model, user_column, time_column, amount_column, category_column, opts };
+    let rows = fit_model(&args, "fit").or_raise();
+    if let Some(mode) = &args.opts.live {
+        live::install(&args.model, live::Mode::parse(mode).or_raise()).or_raise();
+    }
+    TableIterator::new(rows.into_iter().map(|r| (r.0, r.1, r.2, r.3)))
+}
 
-    let rel = source::relation(source).or_raise();
+/// What a fit needs: `segment_users`' arguments (also stored in the model spec, so that
+/// `segment_refresh(refit => true)` can repeat them).
+pub struct FitArgs {
+    pub source: pg_sys::Oid,
+    pub k: Option<i32>,
+    pub model: String,
+    pub user_column: Option<String>,
+    pub time_column: Option<String>,
+    pub amount_column: Option<String>,
+    pub category_column: Option<String>,
+    pub opts: Options,
+}
+
+/// Fits and stores a new version of a model. A re-fit keeps the ids and names of segments that
+/// are still the same group of users and records every membership change with `reason`.
+/// Returns (segment_id, name, users, share, users who moved in).
+pub fn fit_model(args: &FitArgs, reason: &str) -> crate::core::error::Result<Vec<(i32, String, i64, f64, i64)>> {
+    let (model, opts, k) = (&args.model, &args.opts, args.k);
+    catalog::check_model_name(model)?;
+    pipeline::check_k(k)?;
+    let rel = source::relation(args.source)?;
     let orders = Orders::resolve(
         rel,
-        user_column.as_deref(),
-        time_column.as_deref(),
-        amount_column.as_deref(),
-        category_column.as_deref(),
-    )
-    .or_raise();
-    let events = opts.events.as_ref().map(|e| Events::resolve(e, &orders.user)).transpose().or_raise();
-    let as_of = source::as_of(&opts).or_raise();
+        args.user_column.as_deref(),
+        args.time_column.as_deref(),
+        args.amount_column.as_deref(),
+        args.category_column.as_deref(),
+    )?;
+    let events = opts.events.as_ref().map(|e| Events::resolve(e, &orders.user)).transpose()?;
+    if let Some(mode) = &opts.live {
+        live::Mode::parse(mode)?;
+    }
+    let as_of = source::as_of(opts)?;
     let osql = orders.sql();
+    let since = catalog::quiesce(model)?;
 
-    let mut skipped = source::skipped(&osql, as_of).or_raise();
-    let categories = source::top_categories(&osql, as_of).or_raise();
+    let mut skipped = source::skipped(&osql, as_of)?;
+    let categories = source::top_categories(&osql, as_of)?;
     let feats = features::catalogue(&categories, orders.category.is_some(), events.is_some());
     let sql = features::features_sql(WORK_TABLE, &osql, events.as_ref().map(Events::sql).as_ref(), &feats, as_of, opts.dedupe, &opts.timezone);
-    let (columns, duplicates, counted) = source::compute_features(&sql, &feats).or_raise();
+    let (columns, duplicates, counted) = source::compute_features(&sql, &feats)?;
     let users = columns.first().map_or(0, Vec::len);
     notice!("pg_segment: features for {users} users from {} order rows", skipped.total);
     skipped.duplicates = duplicates;
@@ -96,15 +126,21 @@ fn segment_users_impl(
     }
 
     let feature_names: Vec<String> = feats.iter().map(|f| f.name.clone()).collect();
-    let fit = pipeline::fit(feats, &columns, k, &opts, &mut |s: &str| notice!("pg_segment: {s}")).or_raise();
+    let mut fit = pipeline::fit(feats, &columns, k, opts, &mut |s: &str| notice!("pg_segment: {s}"))?;
 
-    catalog::lock_model(&model).or_raise();
-    let version = catalog::next_version(&model).or_raise();
-    catalog::ensure_users_table(&model, &orders.user.type_name).or_raise();
+    catalog::lock_model(model)?;
+    let version = catalog::next_version(model)?;
+    let previous = catalog::ensure_users_table(model, &orders.user.type_name)?;
+    let lineage = if previous { relabel(model, &mut fit)? } else { None };
+    let touched = if previous { catalog::touched_since(model, since)? } else { Vec::new() };
     let spec = json!({
         "columns": {
             "user": orders.user.name, "time": orders.time.name, "amount": orders.amount.name,
             "category": orders.category.as_ref().map(|c| &c.name),
+        },
+        "arguments": {
+            "k": k, "user_column": args.user_column, "time_column": args.time_column,
+            "amount_column": args.amount_column, "category_column": args.category_column,
         },
         "events": events.as_ref().map(|e| json!({
             "table": e.rel.name, "user": e.user.name, "time": e.time.name, "type": e.event_type.name,
@@ -114,17 +150,66 @@ fn segment_users_impl(
         "features": fit.model.features,
         "options": opts,
     });
-    let rows = store(&model, version, &spec, &fit, &feature_names, &orders, events.as_ref(), users, rows_used, rows_skipped, &skipped);
+    let stored = Stored { model, version, spec: &spec, fit: &fit, lineage: lineage.as_ref(), history: previous };
+    let rows = store(&stored, &feature_names, &orders, events.as_ref(), users, rows_used, rows_skipped, &skipped, reason)?;
+    // live writers that committed after the fit's snapshot: apply them under the new version
+    live::apply(model, &touched, "order")?;
     notice!("pg_segment: model \"{model}\" version {version} stored: {} segments", fit.segments.len());
-    TableIterator::new(rows)
+    Ok(rows)
+}
+
+/// Matches the new clusters to the current version's segments by shared users (Hungarian
+/// algorithm): continued segments keep their id and name, the others get new ids; names stay
+/// unique. Returns the lineage (splits, merges, retired ids) for the model record.
+fn relabel(model: &str, fit: &mut FitResult) -> crate::core::error::Result<Option<Lineage>> {
+    let (old_ids, old_names) = catalog::current_segments(model)?;
+    if old_ids.is_empty() {
+        return Ok(None);
+    }
+    let labels: Vec<Option<i32>> = fit.assignments.iter().map(|a| a.map(|(c, _)| c as i32)).collect();
+    let pairs = catalog::overlap(model, labels)?;
+    let k = fit.segments.len();
+    let mut overlap = vec![vec![0u64; old_ids.len()]; k];
+    for (new, old_id, n) in pairs {
+        if let (Some(row), Some(j)) = (overlap.get_mut(new as usize), old_ids.iter().position(|&o| o == old_id)) {
+            row[j] = n as u64;
+        }
+    }
+    let lineage = matching::match_segments(&overlap, &old_ids);
+    let ids = matching::assign_ids(&lineage, &old_ids);
+    let kept: Vec<String> = lineage.continues.iter().flatten().filter_map(|id| {
+        old_ids.iter().position(|o| o == id).map(|j| old_names[j].clone())
+    }).collect();
+    for (i, seg) in fit.segments.iter_mut().enumerate() {
+        match lineage.continues[i] {
+            Some(id) => seg.name = old_names[old_ids.iter().position(|&o| o == id).expect("matched id exists")].clone(),
+            None => {
+                let base = seg.name.clone();
+                let mut n = 2;
+                while kept.contains(&seg.name) {
+                    seg.name = format!("{base} {n}");
+                    n += 1;
+                }
+            }
+        }
+    }
+    fit.model.segment_ids = ids;
+    Ok(Some(lineage))
+}
+
+struct Stored<'a> {
+    model: &'a str,
+    version: i32,
+    spec: &'a Value,
+    fit: &'a FitResult,
+    lineage: Option<&'a Lineage>,
+    /// Whether to record membership changes (not on a model's first fit: nothing changed).
+    history: bool,
 }
 
 #[allow(clippy::too_many_arguments)]
 fn store(
-    model: &str,
-    version: i32,
-    spec: &Value,
-    fit: &FitResult,
+    st: &Stored,
     feature_names: &[String],
     orders: &Orders,
     events: Option<&Events>,
@@ -132,7 +217,9 @@ fn store(
     rows_used: i64,
     rows_skipped: i64,
     skipped: &source::Skipped,
-) -> Vec<(i32, String, i64, f64)> {
+    reason: &str,
+) -> crate::core::error::Result<Vec<(i32, String, i64, f64, i64)>> {
+    let (model, version, fit) = (st.model, st.version, st.fit);
     let mut metrics = serde_json::to_value(&fit.report.metrics).unwrap_or(Value::Null);
     if let Value::Object(m) = &mut metrics {
         m.insert("k_scores".into(), json!(fit.report.k_scores));
@@ -141,6 +228,12 @@ fn store(
         m.insert("min_points".into(), json!(fit.report.min_points));
         m.insert("training_rows".into(), json!(fit.report.training_rows));
         m.insert("k_requested".into(), json!(fit.report.k_requested));
+        m.insert("lineage".into(), json!(st.lineage.map(|l| json!({
+            "continues": l.continues.iter().enumerate().map(|(i, c)| json!({"segment_id": fit.model.segment_id(i), "previous": c})).collect::<Vec<_>>(),
+            "splits": l.splits.iter().map(|(i, from)| json!({"segment_id": fit.model.segment_id(*i), "split_from": from})).collect::<Vec<_>>(),
+            "merged": l.merged.iter().map(|(old, i)| json!({"retired": old, "merged_into": fit.model.segment_id(*i)})).collect::<Vec<_>>(),
+            "retired": l.retired,
+        }))));
     }
     catalog::insert_model(ModelRow {
         model: model.to_string(),
@@ -153,12 +246,11 @@ fn store(
         users: users as i64,
         rows_used,
         rows_skipped,
-        spec: spec.clone(),
+        spec: st.spec.clone(),
         params: serde_json::to_value(&fit.model).unwrap_or(Value::Null),
         metrics,
         skipped: serde_json::to_value(skipped).unwrap_or(Value::Null),
-    })
-    .or_raise();
+    })?;
 
     let total = users.max(1) as f64;
     let centroids: Vec<CentroidRow> = fit
@@ -166,7 +258,7 @@ fn store(
         .iter()
         .enumerate()
         .map(|(i, s)| CentroidRow {
-            segment_id: i as i32 + 1,
+            segment_id: fit.model.segment_id(i),
             name: s.name.clone(),
             users: s.users as i64,
             share: s.users as f64 / total,
@@ -175,19 +267,26 @@ fn store(
             profile: profile_json(feature_names, &s.profile),
         })
         .collect();
-    catalog::insert_centroids(model, version, centroids).or_raise();
+    catalog::insert_centroids(model, version, centroids)?;
 
-    let segment: Vec<Option<i32>> = fit.assignments.iter().map(|a| a.map(|(c, _)| c as i32 + 1)).collect();
+    let segment: Vec<Option<i32>> = fit.assignments.iter().map(|a| a.map(|(c, _)| fit.model.segment_id(c))).collect();
     let distance: Vec<Option<f64>> = fit.assignments.iter().map(|a| a.map(|(_, d)| d)).collect();
     let embedding: Vec<f32> = fit.embeddings.iter().map(|&v| v as f32).collect();
-    catalog::write_users(model, version, feature_names, segment, distance, embedding, fit.embeddings.ncols())
-        .or_raise();
+    let reason = st.history.then_some(reason);
+    let moved_in = catalog::write_users(model, version, feature_names, segment, distance, embedding, fit.embeddings.ncols(), reason)?;
 
-    fit.segments
+    let mut rows: Vec<(i32, String, i64, f64, i64)> = fit
+        .segments
         .iter()
         .enumerate()
-        .map(|(i, s)| (i as i32 + 1, s.name.clone(), s.users as i64, s.users as f64 / total))
-        .collect()
+        .map(|(i, s)| {
+            let id = fit.model.segment_id(i);
+            let moved = moved_in.iter().find(|(s, _)| *s == id).map_or(0, |(_, n)| *n);
+            (id, s.name.clone(), s.users as i64, s.users as f64 / total, moved)
+        })
+        .collect();
+    rows.sort_by_key(|r| r.0);
+    Ok(rows)
 }
 
 /// Runs `SELECT <column> FROM segment.<model>_users WHERE user_id = $1::<key type>`.

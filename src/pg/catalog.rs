@@ -94,6 +94,44 @@ pub fn lock_model(model: &str) -> Result<()> {
     .map_err(from_spi)
 }
 
+/// The shared side of [`lock_model`]: taken by every live writer of the model.
+pub fn lock_model_shared(model: &str) -> Result<()> {
+    Spi::run_with_args(
+        "SELECT pg_catalog.pg_advisory_xact_lock_shared(pg_catalog.hashtext('pg_segment.model:' || $1))",
+        &[model.into()],
+    )
+    .map_err(from_spi)
+}
+
+/// Waits for the live writers in flight to commit (an exclusive lock taken and released in one
+/// statement, so nothing is held while the fit runs) and returns the time after which any live
+/// update may be missing from the fit's snapshot.
+pub fn quiesce(model: &str) -> Result<f64> {
+    Spi::get_one_with_args::<f64>(
+        "SELECT extract(epoch FROM t)::float8 FROM (\
+           SELECT pg_catalog.pg_advisory_lock(k) AS l, pg_catalog.clock_timestamp() AS t, \
+                  pg_catalog.pg_advisory_unlock(k) AS u \
+           FROM (SELECT pg_catalog.hashtext('pg_segment.model:' || $1) AS k) s) x",
+        &[model.into()],
+    )
+    .map_err(from_spi)
+    .map(|t| t.unwrap_or(0.0))
+}
+
+/// Users a live writer updated since `since` (epoch seconds): the fit's snapshot may predate
+/// their latest rows, so they are applied again under the new version.
+pub fn touched_since(model: &str, since: f64) -> Result<Vec<String>> {
+    let t = quote_ident(&users_table(model));
+    Spi::get_one_with_args::<Vec<String>>(
+        &format!(
+            "SELECT coalesce(array_agg(user_id::text), '{{}}') FROM segment.{t} WHERE updated_at >= to_timestamp($1)"
+        ),
+        &[since.into()],
+    )
+    .map_err(from_spi)
+    .map(Option::unwrap_or_default)
+}
+
 pub fn next_version(model: &str) -> Result<i32> {
     Spi::get_one_with_args(
         "SELECT coalesce(max(version), 0) + 1 FROM segment.models WHERE model = $1",
@@ -103,8 +141,9 @@ pub fn next_version(model: &str) -> Result<i32> {
     .map(|v: Option<i32>| v.unwrap_or(1))
 }
 
-/// Creates the per-model table and view, or re-creates them when the key type changed.
-pub fn ensure_users_table(model: &str, key_type: &str) -> Result<()> {
+/// Creates the per-model tables and view, or re-creates them when the key type changed.
+/// Returns whether the existing tables were kept (so the previous version's users are there).
+pub fn ensure_users_table(model: &str, key_type: &str) -> Result<bool> {
     let table = users_table(model);
     let existing: Option<String> = Spi::get_one_with_args(
         "SELECT (SELECT pg_catalog.format_type(a.atttypid, a.atttypmod) FROM pg_catalog.pg_attribute a \
@@ -116,7 +155,7 @@ pub fn ensure_users_table(model: &str, key_type: &str) -> Result<()> {
     let (t, v) = (quote_ident(&table), quote_ident(&segments_view(model)));
     let (h, q) = (quote_ident(&history_table(model)), quote_ident(&queue_table(model)));
     if existing.as_deref() == Some(key_type) {
-        return Ok(());
+        return Ok(true);
     }
     if existing.is_some() {
         Spi::run(&format!(
@@ -165,7 +204,64 @@ pub fn ensure_users_table(model: &str, key_type: &str) -> Result<()> {
         hcomment = quote_literal(&format!("pg_segment model {model}: every segment membership change")),
         qcomment = quote_literal(&format!("pg_segment model {model}: users waiting for segment_process (async live mode)")),
     ))
-    .map_err(from_spi)
+    .map_err(from_spi)?;
+    Ok(false)
+}
+
+/// Segment ids and names of the model's current version (before a new one is written).
+pub fn current_segments(model: &str) -> Result<(Vec<i32>, Vec<String>)> {
+    Spi::connect(|c| {
+        let args: [DatumWithOid; 1] = [model.into()];
+        let mut ids = Vec::new();
+        let mut names = Vec::new();
+        let t = c
+            .select(
+                "SELECT segment_id, name FROM segment.centroids \
+                 WHERE model = $1 AND version = (SELECT max(version) FROM segment.models WHERE model = $1) \
+                 ORDER BY segment_id",
+                None,
+                &args,
+            )
+            .map_err(from_spi)?;
+        for r in t {
+            ids.push(r.get::<i32>(1).map_err(from_spi)?.unwrap_or(0));
+            names.push(r.get::<String>(2).map_err(from_spi)?.unwrap_or_default());
+        }
+        Ok((ids, names))
+    })
+}
+
+/// Users shared by each new cluster (`labels`, by work-table row) and each current segment:
+/// (new cluster index, current segment id, users).
+pub fn overlap(model: &str, labels: Vec<Option<i32>>) -> Result<Vec<(i32, i32, i64)>> {
+    let t = quote_ident(&users_table(model));
+    Spi::connect(|c| {
+        let args: [DatumWithOid; 1] = [labels.into()];
+        let mut out = Vec::new();
+        let t = c
+            .select(
+                &format!(
+                    "SELECT a.label, u.segment_id, count(*) \
+                     FROM unnest($1::int[]) WITH ORDINALITY AS a(label, rn) \
+                     JOIN {work} f ON f.rn = a.rn \
+                     JOIN segment.{t} u ON u.user_id = f.user_id \
+                     WHERE a.label IS NOT NULL AND u.segment_id IS NOT NULL \
+                     GROUP BY 1, 2",
+                    work = crate::pg::source::WORK_TABLE
+                ),
+                None,
+                &args,
+            )
+            .map_err(from_spi)?;
+        for r in t {
+            out.push((
+                r.get::<i32>(1).map_err(from_spi)?.unwrap_or(0),
+                r.get::<i32>(2).map_err(from_spi)?.unwrap_or(0),
+                r.get::<i64>(3).map_err(from_spi)?.unwrap_or(0),
+            ));
+        }
+        Ok(out)
+    })
 }
 
 pub struct ModelRow {
@@ -263,8 +359,10 @@ pub fn insert_centroids(model: &str, version: i32, rows: Vec<CentroidRow>) -> Re
     .map_err(from_spi)
 }
 
-/// Replaces every row of the model's users table in one statement pair: the work table holds
-/// the users (by `rn`), the arrays hold segment, distance and the flat embedding.
+/// Replaces every row of the model's users table (the work table holds the users by `rn`, the
+/// arrays hold segment, distance and the flat embedding) and, given a `reason`, records each
+/// membership change in the history. Returns how many users moved into each segment.
+#[allow(clippy::too_many_arguments)]
 pub fn write_users(
     model: &str,
     version: i32,
@@ -273,8 +371,15 @@ pub fn write_users(
     distance: Vec<Option<f64>>,
     embedding: Vec<f32>,
     dims: usize,
-) -> Result<()> {
+    reason: Option<&str>,
+) -> Result<Vec<(i32, i64)>> {
     let t = quote_ident(&users_table(model));
+    let h = quote_ident(&history_table(model));
+    Spi::run(&format!(
+        "DROP TABLE IF EXISTS pg_temp.segment_previous; \
+         CREATE TEMP TABLE segment_previous ON COMMIT DROP AS SELECT user_id, segment_id FROM segment.{t}"
+    ))
+    .map_err(from_spi)?;
     let rfm: Vec<String> = RFM_COLUMNS.iter().map(|c| format!("f.{}", quote_ident(c))).collect();
     let all: Vec<String> = feature_names.iter().map(|c| format!("f.{}", quote_ident(c))).collect();
     Spi::run(&format!("DELETE FROM segment.{t}")).map_err(from_spi)?;
@@ -292,5 +397,23 @@ pub fn write_users(
         ),
         &[version.into(), segment.into(), distance.into(), embedding.into(), (dims as i64).into()],
     )
-    .map_err(from_spi)
+    .map_err(from_spi)?;
+    let Some(reason) = reason else {
+        Spi::run("DROP TABLE pg_temp.segment_previous").map_err(from_spi)?;
+        return Ok(Vec::new());
+    };
+    let changes = crate::pg::live::record_changes(
+        model,
+        version,
+        reason,
+        &format!(
+            "INSERT INTO segment.{h} (user_id, from_segment, to_segment, model_version, reason) \
+             SELECT user_id, p.segment_id, n.segment_id, $1, $2 \
+             FROM segment.{t} n FULL JOIN pg_temp.segment_previous p USING (user_id) \
+             WHERE p.segment_id IS DISTINCT FROM n.segment_id \
+             RETURNING user_id::text, from_segment, to_segment"
+        ),
+    )?;
+    Spi::run("DROP TABLE pg_temp.segment_previous").map_err(from_spi)?;
+    Ok(changes)
 }

@@ -7,7 +7,19 @@ use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
 pub static NOTIFY_CHANNEL: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"segment_changes"));
 
+pub static REFIT_DRIFT: GucSetting<f64> = GucSetting::<f64>::new(0.2);
+
 pub fn init() {
+    GucRegistry::define_float_guc(
+        c"pg_segment.refit_drift",
+        c"Share of users changing segment in segment_refresh() that triggers a re-fit.",
+        c"segment_refresh(refit => NULL) re-fits the model when more than this share of its users changed segment; 1 never re-fits automatically.",
+        &REFIT_DRIFT,
+        0.0,
+        1.0,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
     GucRegistry::define_string_guc(
         c"pg_segment.notify_channel",
         c"NOTIFY channel for segment membership changes.",

@@ -20,15 +20,19 @@ use crate::pg::catalog::{self, history_table, queue_table, users_table};
 use crate::pg::error::{from_spi, OrRaise};
 use crate::pg::gucs;
 
-/// A model version as the live path needs it, cached per backend and per model.
+/// A model version as the live path needs it, cached per backend and per model. Relations are
+/// schema-qualified: the triggers run with a pinned search_path.
 pub struct LiveModel {
     pub model: String,
     pub version: i32,
     pub key_type: String,
     pub fitted: Model,
+    /// The feature catalogue with its SQL (the stored model keeps only names and transforms).
+    pub feats: Vec<features::FeatureDef>,
     pub orders: OrdersSql,
     pub events: Option<EventsSql>,
-    pub options: Options,
+    pub dedupe: bool,
+    pub timezone: String,
     /// Feature statement for the users in `$1` (text keys), returning `user_id::text` first.
     pub select_for_users: String,
 }
@@ -62,8 +66,12 @@ pub fn load(model: &str) -> Result<Rc<LiveModel>> {
         let args: [DatumWithOid; 2] = [model.into(), version.into()];
         let t = c
             .select(
-                "SELECT key_type, params::text, spec::text, source::text, events::text \
-                 FROM segment.models WHERE model = $1 AND version = $2",
+                "SELECT m.key_type, m.params::text, m.spec::text, \
+                        (SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c \
+                         JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = m.source), \
+                        (SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c \
+                         JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = m.events) \
+                 FROM segment.models m WHERE m.model = $1 AND m.version = $2",
                 Some(1),
                 &args,
             )
@@ -132,9 +140,11 @@ pub fn load(model: &str) -> Result<Rc<LiveModel>> {
         version,
         key_type,
         fitted,
+        feats,
         orders,
         events,
-        options,
+        dedupe: options.dedupe,
+        timezone: options.timezone.clone(),
         select_for_users,
     });
     CACHE.with(|c| c.borrow_mut().insert(model.to_string(), live.clone()));
@@ -183,6 +193,9 @@ pub fn apply(model: &str, keys: &[String], reason: &str) -> Result<usize> {
 /// Per-user transaction locks, taken in one order so that concurrent statements touching the
 /// same users cannot deadlock. Different users never wait for each other.
 fn lock_users(model: &str, keys: &[String]) -> Result<()> {
+    // Shared with every other writer; a re-fit takes it exclusively only to wait for the
+    // writers in flight (see `catalog::quiesce`) and for its final swap.
+    catalog::lock_model_shared(model)?;
     Spi::run_with_args(
         "SELECT count(pg_catalog.pg_advisory_xact_lock(h)) FROM ( \
            SELECT DISTINCT pg_catalog.hashtextextended($1 || ':' || k, 0) AS h \
@@ -217,7 +230,7 @@ fn upsert(live: &LiveModel, found: &[String], columns: &[Vec<Option<f64>>], reas
            INSERT INTO segment.{t} AS u (user_id, segment_id, distance, model_version, {rfm_names}, \
                                          features, embedding, updated_at) \
            SELECT user_id, segment_id, distance, $4, {rfm}, \
-                  $5[(i - 1) * $6 + 1 : i * $6], $7[(i - 1) * $8 + 1 : i * $8], now() \
+                  $5[(i - 1) * $6 + 1 : i * $6], $7[(i - 1) * $8 + 1 : i * $8], clock_timestamp() \
            FROM input \
            ON CONFLICT (user_id) DO UPDATE SET segment_id = EXCLUDED.segment_id, distance = EXCLUDED.distance, \
              model_version = EXCLUDED.model_version, {rfm_set}, features = EXCLUDED.features, \
@@ -287,6 +300,26 @@ fn collect_changes(t: pgrx::spi::SpiTupleTable) -> Result<Vec<Change>> {
     Ok(out)
 }
 
+/// Runs a history-writing statement (parameters: $1 model version, $2 reason; it returns
+/// user_id::text, from_segment, to_segment), sends the NOTIFY and counts arrivals per segment.
+pub fn record_changes(model: &str, version: i32, reason: &str, sql: &str) -> Result<Vec<(i32, i64)>> {
+    let changes = Spi::connect_mut(|c| {
+        let args: [DatumWithOid; 2] = [version.into(), reason.into()];
+        collect_changes(c.update(sql, None, &args).map_err(from_spi)?)
+    })?;
+    notify(model, version, reason, &changes)?;
+    let mut moved: HashMap<i32, i64> = HashMap::new();
+    for c in changes.iter() {
+        if let Some(to) = c.to {
+            *moved.entry(to).or_default() += 1;
+        }
+    }
+    Ok(moved.into_iter().collect())
+}
+
+/// More changes than this in one statement are announced as one summary payload.
+const NOTIFY_DETAIL_MAX: usize = 1_000;
+
 /// Largest NOTIFY payload we send (PostgreSQL's limit is 8000 bytes).
 const NOTIFY_PAYLOAD_MAX: usize = 7_500;
 
@@ -296,6 +329,11 @@ fn notify(model: &str, version: i32, reason: &str, changes: &[Change]) -> Result
     let Some(channel) = gucs::notify_channel() else { return Ok(()) };
     if changes.is_empty() {
         return Ok(());
+    }
+    if changes.len() > NOTIFY_DETAIL_MAX {
+        let summary = json!({"model": model, "version": version, "reason": reason, "changed": changes.len()});
+        return Spi::run_with_args("SELECT pg_catalog.pg_notify($1, $2)", &[channel.into(), summary.to_string().into()])
+            .map_err(from_spi);
     }
     let head = json!({"model": model, "version": version, "reason": reason}).to_string();
     let mut payloads = Vec::new();
@@ -504,7 +542,129 @@ pub fn all_users(model: &str) -> Result<Vec<String>> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Refresh
+
+type SegmentRow = (i32, String, i64, f64, i64);
+
+/// Brings every user up to date (features at now(), nearest segment of the current version);
+/// with `refit`, fits a new version whose segments keep their ids where they are the same
+/// group. `refit => NULL` re-fits when more users changed segment than
+/// `pg_segment.refit_drift` allows.
+pub fn refresh(model: &str, refit: Option<bool>) -> Result<Vec<SegmentRow>> {
+    catalog::check_model_name(model)?;
+    catalog::current(model)?;
+    if refit == Some(true) {
+        return refit_model(model);
+    }
+    let since = catalog::quiesce(model)?;
+    let live = load(model)?;
+    let sql = features::features_sql(
+        crate::pg::source::WORK_TABLE,
+        &live.orders,
+        live.events.as_ref(),
+        &live.feats,
+        AsOf::Now,
+        live.dedupe,
+        &live.timezone,
+    );
+    let (columns, _, _) = crate::pg::source::compute_features(&sql, &live.feats)?;
+    let users = columns.first().map_or(0, Vec::len);
+    let (embedding, assigned) = live.fitted.assign(&columns);
+    catalog::lock_model(model)?;
+    let touched = catalog::touched_since(model, since)?;
+    let names: Vec<String> = live.feats.iter().map(|f| f.name.clone()).collect();
+    let moved = catalog::write_users(
+        model,
+        live.version,
+        &names,
+        assigned.iter().map(|a| a.map(|(s, _)| s)).collect(),
+        assigned.iter().map(|a| a.map(|(_, d)| d)).collect(),
+        embedding.iter().map(|&v| v as f32).collect(),
+        embedding.ncols(),
+        Some("refresh"),
+    )?;
+    apply(model, &touched, "order")?;
+    let changed: i64 = moved.iter().map(|(_, n)| n).sum();
+    let drift = changed as f64 / users.max(1) as f64;
+    notice!("pg_segment: refreshed {users} users of model \"{model}\": {changed} changed segment ({:.1}%)", drift * 100.0);
+    if refit.is_none() && drift > gucs::REFIT_DRIFT.get() {
+        notice!("pg_segment: more than pg_segment.refit_drift changed segment: re-fitting");
+        return refit_model(model);
+    }
+    segment_sizes(model, live.version, &moved)
+}
+
+/// Fits a new version with the arguments and options of the current one (as of now).
+fn refit_model(model: &str) -> Result<Vec<SegmentRow>> {
+    let (source, spec) = Spi::connect(|c| {
+        let args: [DatumWithOid; 1] = [model.into()];
+        let t = c
+            .select("SELECT source::oid, spec::text FROM segment.current_models WHERE model = $1", Some(1), &args)
+            .map_err(from_spi)?;
+        let r = t.first();
+        Ok::<_, SegError>((
+            r.get::<pgrx::pg_sys::Oid>(1).map_err(from_spi)?.unwrap_or(pgrx::pg_sys::InvalidOid),
+            r.get::<String>(2).map_err(from_spi)?.unwrap_or_default(),
+        ))
+    })?;
+    let spec: Value = serde_json::from_str(&spec).map_err(|e| broken(model, &e.to_string()))?;
+    let mut opts: Options = serde_json::from_value(spec["options"].clone()).map_err(|e| broken(model, &e.to_string()))?;
+    opts.as_of = None;
+    opts.live = None;
+    let a = &spec["arguments"];
+    let arg = |k: &str| a[k].as_str().map(str::to_string);
+    let args = crate::pg::api::FitArgs {
+        source,
+        k: a["k"].as_i64().map(|k| k as i32),
+        model: model.to_string(),
+        user_column: arg("user_column"),
+        time_column: arg("time_column"),
+        amount_column: arg("amount_column"),
+        category_column: arg("category_column"),
+        opts,
+    };
+    crate::pg::api::fit_model(&args, "refit")
+}
+
+fn segment_sizes(model: &str, version: i32, moved: &[(i32, i64)]) -> Result<Vec<SegmentRow>> {
+    let t = quote_ident(&users_table(model));
+    Spi::connect(|c| {
+        let args: [DatumWithOid; 2] = [model.into(), version.into()];
+        let mut rows = Vec::new();
+        let q = format!(
+            "SELECT c.segment_id, c.name, count(u.user_id), \
+                    coalesce(count(u.user_id)::float8 / nullif((SELECT count(*) FROM segment.{t}), 0), 0) \
+             FROM segment.centroids c LEFT JOIN segment.{t} u ON u.segment_id = c.segment_id \
+             WHERE c.model = $1 AND c.version = $2 GROUP BY 1, 2 ORDER BY 1"
+        );
+        for r in c.select(&q, None, &args).map_err(from_spi)? {
+            let id = r.get::<i32>(1).map_err(from_spi)?.unwrap_or(0);
+            rows.push((
+                id,
+                r.get::<String>(2).map_err(from_spi)?.unwrap_or_default(),
+                r.get::<i64>(3).map_err(from_spi)?.unwrap_or(0),
+                r.get::<f64>(4).map_err(from_spi)?.unwrap_or(0.0),
+                moved.iter().find(|(s, _)| *s == id).map_or(0, |(_, n)| *n),
+            ));
+        }
+        Ok(rows)
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
 // SQL functions
+
+/// Brings a model's users up to date and, with `refit`, fits a label-stable new version.
+#[pg_extern(volatile, parallel_unsafe)]
+fn segment_refresh(
+    model: default!(&str, "'default'"),
+    refit: default!(Option<bool>, "NULL"),
+) -> TableIterator<
+    'static,
+    (name!(segment_id, i32), name!(name, String), name!(users, i64), name!(share, f64), name!(moved_in, i64)),
+> {
+    TableIterator::new(refresh(model, refit).or_raise())
+}
 
 /// Turns live updates on (`sync`, `async`) or off for a model.
 #[pg_extern(volatile, parallel_unsafe)]
