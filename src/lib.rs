@@ -17,6 +17,7 @@ mod tests {
     include!("../pgrx-tests/pipeline.rs");
     include!("../pgrx-tests/lookups.rs");
     include!("../pgrx-tests/errors.rs");
+    include!("../pgrx-tests/live.rs");
 }
 
 /// Required by `cargo pgrx test`.

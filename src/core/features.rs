@@ -44,6 +44,9 @@ fn def(name: &str, transform: Transform, impute: Impute, sql: impl Into<String>)
 pub const RFM_COLUMNS: &[&str] =
     &["recency_days", "frequency", "monetary", "avg_order_value", "tenure_days"];
 
+/// Order features whose value for a user with no orders is 0 (the others stay NULL).
+pub const ZERO_WITHOUT_ORDERS: &[&str] = &["frequency", "monetary", "orders_30d", "monetary_90d"];
+
 /// Event types counted by the funnel features (matched case-insensitively).
 pub const VIEW_TYPES: &[&str] = &["view", "page_view", "pageview", "product_view", "visit"];
 pub const CART_TYPES: &[&str] = &["cart", "add_to_cart", "addtocart", "cart_add"];
@@ -310,6 +313,15 @@ pub fn features_select(
         ),
         Some(e) => {
             let event_feats = feats.iter().filter(|f| f.sql.contains("e."));
+            // A user known only from events has bought nothing: zero, not unknown.
+            let order_names = order_feats.iter().map(|f| {
+                let c = format!("g.{}", quote_ident(&f.name));
+                if ZERO_WITHOUT_ORDERS.contains(&f.name.as_str()) {
+                    format!("coalesce({c}, 0) AS {}", quote_ident(&f.name))
+                } else {
+                    c
+                }
+            });
             let cols: Vec<String> = order_names
                 .chain(event_feats.map(|f| format!("({})::float8 AS {}", f.sql, quote_ident(&f.name))))
                 .collect();
