@@ -165,8 +165,9 @@ pub fn apply(model: &str, keys: &[String], reason: &str) -> Result<usize> {
     if keys.is_empty() {
         return Ok(0);
     }
-    let live = load(model)?;
+    // Locks first: a re-fit that commits while we wait must be the version we load.
     lock_users(model, keys)?;
+    let live = load(model)?;
 
     // Features from the source, for exactly these users (a fresh snapshot after the locks).
     let n_feats = live.fitted.features.len();
