@@ -443,6 +443,7 @@ pub fn install(model: &str, mode: Mode) -> Result<()> {
         tables.push(("events", e.relation.clone(), e.user.clone()));
     }
     for (role, rel, user) in &tables {
+        warn_without_index(rel, user)?;
         for (event, op, referencing) in EVENTS {
             let keys = match event {
                 "ins" => format!("SELECT {user} FROM new_rows"),
@@ -487,6 +488,25 @@ pub fn install(model: &str, mode: Mode) -> Result<()> {
         ],
     )
     .map_err(from_spi)
+}
+
+/// Live updates look the touched users up in the source: without an index on the user column
+/// every statement scans the whole table. Say so (creating an index on the user's table is
+/// theirs to decide).
+fn warn_without_index(rel: &str, user: &str) -> Result<()> {
+    let indexed: Option<bool> = Spi::get_one_with_args(
+        "SELECT EXISTS (SELECT FROM pg_index i JOIN pg_attribute a \
+                          ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] \
+                        WHERE i.indrelid = $1::regclass AND quote_ident(a.attname) = $2)",
+        &[rel.into(), user.into()],
+    )
+    .map_err(from_spi)?;
+    if indexed == Some(false) {
+        notice!(
+            "pg_segment: {rel} has no index on {user}: every live update will scan the table; CREATE INDEX ON {rel} ({user})"
+        );
+    }
+    Ok(())
 }
 
 /// A SECURITY DEFINER trigger function (so writers need no rights on schema `segment`) with a
