@@ -11,11 +11,12 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 APT_PACKAGES := postgresql-$(PG_MAJOR) postgresql-server-dev-$(PG_MAJOR) postgresql-$(PG_MAJOR)-cron \
                 libclang-dev clang pkg-config sudo
 
-.PHONY: demo test deps build install cluster unit pgtest regress client clean help
+.PHONY: demo test deps build install cluster unit pgtest regress client bench clean help
 
 help:
 	@echo "make demo   - set up everything, install pg_segment, segment demo data, print the result"
 	@echo "make test   - set up everything and run all test layers (unit, pg_test, pg_regress, client)"
+	@echo "make bench  - live-path benchmarks, written to BENCHMARKS.md (not part of make test)"
 
 ## ---- set-up ------------------------------------------------------------------------------
 
@@ -52,6 +53,9 @@ regress: install cluster
 
 client: install cluster
 	@scripts/client.sh
+
+bench: install cluster
+	@scripts/bench.sh
 
 
 clean:

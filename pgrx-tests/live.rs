@@ -119,13 +119,22 @@ fn pg_test_history_records_membership_changes() {
     assert_eq!(after, frequent, "a lapsed customer who now buys every other day moves");
     assert_eq!(
         one::<String>(&format!(
-            "SELECT from_segment || '>' || to_segment || ':' || reason FROM segment.v3_history WHERE user_id = {lapsed}"
+            "SELECT from_segment || '>' || to_segment || ':' || reason FROM segment.v3_history WHERE user_id = {lapsed} AND reason <> 'fit'"
         )),
         Some(format!("{before}>{after}:order"))
     );
     // a new customer enters, a customer whose orders are all deleted (and has no events) leaves
     Spi::run("INSERT INTO v3_orders (user_id, created_at, amount, category) VALUES (777777, now(), 30, 'books')").unwrap();
     assert_eq!(one::<i64>("SELECT count(*) FROM segment.v3_history WHERE user_id = 777777 AND from_segment IS NULL"), Some(1));
+    // sizes over time add up to the current sizes
+    assert_eq!(
+        one::<i64>("SELECT count(*) FROM (SELECT DISTINCT ON (segment_id) segment_id, users FROM segment.v3_sizes_daily ORDER BY segment_id, day DESC) d \
+                    FULL JOIN (SELECT segment_id, count(*) AS users FROM segment.v3_users GROUP BY 1) u USING (segment_id) \
+                    WHERE d.users IS DISTINCT FROM u.users AND coalesce(d.users, 0) + coalesce(u.users, 0) > 0"),
+        Some(0)
+    );
+    let changed: f64 = one("SELECT value FROM segment_drift('v3') WHERE metric = 'changed_since_fit'").unwrap();
+    assert!(changed > 0.0 && changed < 0.05, "{changed}");
     Spi::run("DELETE FROM v3_orders WHERE user_id = 777777").unwrap();
     assert_eq!(one::<i64>("SELECT count(*) FROM segment.v3_users WHERE user_id = 777777"), Some(0));
     assert_eq!(one::<i64>("SELECT count(*) FROM segment.v3_history WHERE user_id = 777777 AND to_segment IS NULL"), Some(1));
@@ -141,7 +150,7 @@ fn pg_test_refit_on_unchanged_data_keeps_every_id_and_name() {
         one::<i64>("SELECT count(*) FROM v4_before b JOIN segment.v4_segments s USING (user_id) WHERE b.segment_id IS DISTINCT FROM s.segment_id OR b.segment IS DISTINCT FROM s.segment"),
         Some(0)
     );
-    assert_eq!(one::<i64>("SELECT count(*) FROM segment.v4_history"), Some(0), "no membership changed");
+    assert_eq!(one::<i64>("SELECT count(*) FROM segment.v4_history WHERE reason = 'refit'"), Some(0), "no membership changed");
     let lineage: pgrx::JsonB = one("SELECT metrics->'lineage' FROM segment.models WHERE model = 'v4' AND version = 2").unwrap();
     assert_eq!(lineage.0["retired"], serde_json::json!([]));
 }

@@ -34,10 +34,13 @@ pub struct FeatureDef {
     /// The aggregate expression (over the cleaned rows `o`), or over events `e`.
     #[serde(skip)]
     pub sql: String,
+    /// Computed from the events source (`e`) rather than the orders.
+    #[serde(skip)]
+    pub from_events: bool,
 }
 
 fn def(name: &str, transform: Transform, impute: Impute, sql: impl Into<String>) -> FeatureDef {
-    FeatureDef { name: name.to_string(), transform, impute, weight: 1.0, sql: sql.into() }
+    FeatureDef { name: name.to_string(), transform, impute, weight: 1.0, sql: sql.into(), from_events: false }
 }
 
 /// The features that are also stored as plainly named columns of the per-user table.
@@ -172,7 +175,8 @@ pub struct TopCategory {
 pub fn catalogue(categories: &[TopCategory], has_category: bool, events: bool) -> Vec<FeatureDef> {
     use Impute::*;
     use Transform::*;
-    // Every aggregate reads the cleaned, windowed rows `o` and is filtered by `keep`.
+    // Every aggregate reads the cleaned, windowed rows `o`; `{f}` and `{k}` mark where the
+    // dedupe filter goes, `{asof}` and `{tz}` the reference time and the time zone.
     let mut f = vec![
         def("recency_days", Log, High, "greatest(0, extract(epoch FROM {asof} - max(t){f}) / 86400)"),
         def("frequency", Log, Zero, "count(*){f}"),
@@ -224,7 +228,7 @@ pub fn catalogue(categories: &[TopCategory], has_category: bool, events: bool) -
         }
     }
     if events {
-        f.extend([
+        let event_features = [
             def("events", Log, Zero, "e.events"),
             def("views", Log, Zero, "e.views"),
             def("carts", Log, Zero, "e.carts"),
@@ -237,7 +241,8 @@ pub fn catalogue(categories: &[TopCategory], has_category: bool, events: bool) -
                 "least(1, coalesce(g.frequency, 0) / nullif(greatest(e.views, e.carts), 0))",
             ),
             def("event_recency_days", Log, High, "e.event_recency_days"),
-        ]);
+        ];
+        f.extend(event_features.into_iter().map(|d| FeatureDef { from_events: true, ..d }));
     }
     f
 }
@@ -276,7 +281,7 @@ pub fn features_select(
     let tz = quote_literal(timezone);
     let (filter, keep) = if dedupe { (" FILTER (WHERE NOT dup)", "NOT dup AND ") } else { ("", "") };
     let category = o.category.as_deref().map(|c| format!("({c})::text")).unwrap_or("NULL::text".into());
-    let order_feats: Vec<&FeatureDef> = feats.iter().filter(|f| !f.sql.contains("e.")).collect();
+    let order_feats: Vec<&FeatureDef> = feats.iter().filter(|f| !f.from_events).collect();
     let mut agg_cols = vec![
         "user_id".to_string(),
         "count(*) FILTER (WHERE dup) AS duplicates".to_string(),
@@ -312,7 +317,7 @@ pub fn features_select(
             cols = order_names.collect::<Vec<_>>().join(", ")
         ),
         Some(e) => {
-            let event_feats = feats.iter().filter(|f| f.sql.contains("e."));
+            let event_feats = feats.iter().filter(|f| f.from_events);
             // A user known only from events has bought nothing: zero, not unknown.
             let order_names = order_feats.iter().map(|f| {
                 let c = format!("g.{}", quote_ident(&f.name));
@@ -444,12 +449,13 @@ mod tests {
             amount: quote_ident("amt"),
             category: Some(quote_ident("cat")),
         };
-        let cats = vec![TopCategory { name: "it's".into(), share: 0.5 }];
+        let cats = vec![TopCategory { name: "it's".into(), share: 0.5 }, TopCategory { name: "home.garden".into(), share: 0.2 }];
         let feats = catalogue(&cats, true, false);
         let sql = features_sql("pg_temp.f", &o, None, &feats, AsOf::At(0.0), false, "UTC");
         assert!(sql.contains("\"Customer\" AS u"));
         assert!(sql.contains("'it''s'"));
         assert!(sql.contains("AS \"category:it's\""));
+        assert!(sql.contains("AS \"category:home.garden\""), "a dotted category is an order feature");
         assert!(!sql.contains("{asof}"));
     }
 }

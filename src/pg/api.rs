@@ -150,7 +150,7 @@ pub fn fit_model(args: &FitArgs, reason: &str) -> crate::core::error::Result<Vec
         "features": fit.model.features,
         "options": opts,
     });
-    let stored = Stored { model, version, spec: &spec, fit: &fit, lineage: lineage.as_ref(), history: previous };
+    let stored = Stored { model, version, spec: &spec, fit: &fit, lineage: lineage.as_ref() };
     let rows = store(&stored, &feature_names, &orders, events.as_ref(), users, rows_used, rows_skipped, &skipped, reason)?;
     // live writers that committed after the fit's snapshot: apply them under the new version
     live::apply(model, &touched, "order")?;
@@ -203,8 +203,6 @@ struct Stored<'a> {
     spec: &'a Value,
     fit: &'a FitResult,
     lineage: Option<&'a Lineage>,
-    /// Whether to record membership changes (not on a model's first fit: nothing changed).
-    history: bool,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -272,7 +270,6 @@ fn store(
     let segment: Vec<Option<i32>> = fit.assignments.iter().map(|a| a.map(|(c, _)| fit.model.segment_id(c))).collect();
     let distance: Vec<Option<f64>> = fit.assignments.iter().map(|a| a.map(|(_, d)| d)).collect();
     let embedding: Vec<f32> = fit.embeddings.iter().map(|&v| v as f32).collect();
-    let reason = st.history.then_some(reason);
     let moved_in = catalog::write_users(model, version, feature_names, segment, distance, embedding, fit.embeddings.ncols(), reason)?;
 
     let mut rows: Vec<(i32, String, i64, f64, i64)> = fit

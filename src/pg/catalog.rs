@@ -154,12 +154,13 @@ pub fn ensure_users_table(model: &str, key_type: &str) -> Result<bool> {
     .map_err(from_spi)?;
     let (t, v) = (quote_ident(&table), quote_ident(&segments_view(model)));
     let (h, q) = (quote_ident(&history_table(model)), quote_ident(&queue_table(model)));
+    let sv = quote_ident(&format!("{model}_sizes_daily"));
     if existing.as_deref() == Some(key_type) {
         return Ok(true);
     }
     if existing.is_some() {
         Spi::run(&format!(
-            "DROP VIEW IF EXISTS segment.{v}; DROP TABLE segment.{t}; \
+            "DROP VIEW IF EXISTS segment.{v}; DROP VIEW IF EXISTS segment.{sv}; DROP TABLE segment.{t}; \
              DROP TABLE IF EXISTS segment.{h}; DROP TABLE IF EXISTS segment.{q}"
         ))
         .map_err(from_spi)?;
@@ -193,6 +194,15 @@ pub fn ensure_users_table(model: &str, key_type: &str) -> Result<bool> {
          CREATE INDEX ON segment.{h} (user_id, changed_at); \
          CREATE INDEX ON segment.{h} (changed_at); \
          COMMENT ON TABLE segment.{h} IS {hcomment}; \
+         CREATE VIEW segment.{sv} AS \
+           WITH moves AS ( \
+             SELECT changed_at::date AS day, to_segment AS segment_id, 1 AS delta FROM segment.{h} WHERE to_segment IS NOT NULL \
+             UNION ALL \
+             SELECT changed_at::date, from_segment, -1 FROM segment.{h} WHERE from_segment IS NOT NULL), \
+           daily AS (SELECT day, segment_id, sum(delta) AS delta FROM moves GROUP BY 1, 2) \
+           SELECT day, segment_id, (sum(delta) OVER (PARTITION BY segment_id ORDER BY day))::bigint AS users \
+           FROM daily; \
+         COMMENT ON VIEW segment.{sv} IS {svcomment}; \
          CREATE TABLE segment.{q} (\
            user_id {key_type} PRIMARY KEY, \
            enqueued_at timestamptz NOT NULL DEFAULT now()); \
@@ -202,6 +212,7 @@ pub fn ensure_users_table(model: &str, key_type: &str) -> Result<bool> {
         comment = quote_literal(&format!("pg_segment model {model}: features, embedding and segment per user")),
         vcomment = quote_literal(&format!("pg_segment model {model}: segment id and name per user")),
         hcomment = quote_literal(&format!("pg_segment model {model}: every segment membership change")),
+        svcomment = quote_literal(&format!("pg_segment model {model}: segment sizes at the end of each day with changes")),
         qcomment = quote_literal(&format!("pg_segment model {model}: users waiting for segment_process (async live mode)")),
     ))
     .map_err(from_spi)?;
@@ -360,8 +371,9 @@ pub fn insert_centroids(model: &str, version: i32, rows: Vec<CentroidRow>) -> Re
 }
 
 /// Replaces every row of the model's users table (the work table holds the users by `rn`, the
-/// arrays hold segment, distance and the flat embedding) and, given a `reason`, records each
-/// membership change in the history. Returns how many users moved into each segment.
+/// arrays hold segment, distance and the flat embedding) and records each membership change in
+/// the history (a first fit records every user entering a segment, so sizes over time add up).
+/// Returns how many users moved into each segment.
 #[allow(clippy::too_many_arguments)]
 pub fn write_users(
     model: &str,
@@ -371,7 +383,7 @@ pub fn write_users(
     distance: Vec<Option<f64>>,
     embedding: Vec<f32>,
     dims: usize,
-    reason: Option<&str>,
+    reason: &str,
 ) -> Result<Vec<(i32, i64)>> {
     let t = quote_ident(&users_table(model));
     let h = quote_ident(&history_table(model));
@@ -398,10 +410,6 @@ pub fn write_users(
         &[version.into(), segment.into(), distance.into(), embedding.into(), (dims as i64).into()],
     )
     .map_err(from_spi)?;
-    let Some(reason) = reason else {
-        Spi::run("DROP TABLE pg_temp.segment_previous").map_err(from_spi)?;
-        return Ok(Vec::new());
-    };
     let changes = crate::pg::live::record_changes(
         model,
         version,

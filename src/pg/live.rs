@@ -191,17 +191,22 @@ pub fn apply(model: &str, keys: &[String], reason: &str) -> Result<usize> {
     Ok(changes.len())
 }
 
-/// Per-user transaction locks, taken in one order so that concurrent statements touching the
-/// same users cannot deadlock. Different users never wait for each other.
+/// Number of lock buckets per model: a statement touching many users (a COPY) takes at most
+/// this many locks, however many users it touches.
+const LOCK_BUCKETS: i64 = 1024;
+
+/// Transaction locks on the touched users' buckets (users hashed into [`LOCK_BUCKETS`]), taken
+/// in one order so that concurrent statements cannot deadlock. Statements on the same user
+/// serialize; statements on different users rarely share a bucket.
 fn lock_users(model: &str, keys: &[String]) -> Result<()> {
     // Shared with every other writer; a re-fit takes it exclusively only to wait for the
     // writers in flight (see `catalog::quiesce`) and for its final swap.
     catalog::lock_model_shared(model)?;
     Spi::run_with_args(
-        "SELECT count(pg_catalog.pg_advisory_xact_lock(h)) FROM ( \
-           SELECT DISTINCT pg_catalog.hashtextextended($1 || ':' || k, 0) AS h \
+        "SELECT count(pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext($1), b)) FROM ( \
+           SELECT DISTINCT (pg_catalog.hashtextextended(k, 0) % $3)::int AS b \
            FROM unnest($2::text[]) k ORDER BY 1) s",
-        &[model.into(), keys.to_vec().into()],
+        &[model.into(), keys.to_vec().into(), LOCK_BUCKETS.into()],
     )
     .map_err(from_spi)
 }
@@ -602,7 +607,7 @@ pub fn refresh(model: &str, refit: Option<bool>) -> Result<Vec<SegmentRow>> {
         assigned.iter().map(|a| a.map(|(_, d)| d)).collect(),
         embedding.iter().map(|&v| v as f32).collect(),
         embedding.ncols(),
-        Some("refresh"),
+        "refresh",
     )?;
     apply(model, &touched, "order")?;
     let changed: i64 = moved.iter().map(|(_, n)| n).sum();
@@ -735,6 +740,42 @@ extension_sql!(
 CREATE VIEW segment.live_status AS
 SELECT l.model, l.mode, l.source, l.events, l.since, q.pending, q.oldest
 FROM segment.live l, LATERAL @extschema@._segment_queue_stats(l.model) q;
+
+-- How far the users have moved since the current version was fitted.
+CREATE FUNCTION segment_drift(model text DEFAULT 'default')
+RETURNS TABLE (metric text, segment_id int, value float8)
+LANGUAGE plpgsql STABLE
+AS $fn$
+DECLARE
+    m record;
+    t text;
+    h text;
+BEGIN
+    SELECT c.model, c.version, c.metrics INTO m FROM segment.current_models c WHERE c.model = segment_drift.model;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'model "%" does not exist', segment_drift.model
+            USING ERRCODE = 'undefined_object', HINT = 'create it with SELECT * FROM segment_users(...)';
+    END IF;
+    t := format('segment.%I', m.model || '_users');
+    h := format('segment.%I', m.model || '_history');
+    RETURN QUERY EXECUTE format($q$
+        SELECT 'mean_distance_at_fit'::text, NULL::int, (%1$L::jsonb->>'mean_distance')::float8
+        UNION ALL
+        SELECT 'mean_distance_now', NULL, avg(distance) FROM %2$s
+        UNION ALL
+        SELECT 'changed_since_fit', NULL,
+               (SELECT count(DISTINCT user_id) FROM %3$s WHERE model_version = %4$s AND reason NOT IN ('fit', 'refit'))::float8
+               / greatest(1, (SELECT count(*) FROM %2$s))
+        UNION ALL
+        (SELECT 'size_shift', c.segment_id, (count(u.user_id) - c.users)::float8 / greatest(c.users, 1)
+         FROM segment.centroids c LEFT JOIN %2$s u ON u.segment_id = c.segment_id
+         WHERE c.model = %5$L AND c.version = %4$s
+         GROUP BY c.segment_id, c.users ORDER BY c.segment_id)$q$,
+        m.metrics, t, h, m.version, m.model);
+END
+$fn$;
+COMMENT ON FUNCTION segment_drift(text) IS
+    'mean distance to the centroid now vs at fit, share of users who changed segment since, size shift per segment';
 "#,
     name = "live_status_view",
     requires = [queue_stats, "bootstrap"]

@@ -28,7 +28,7 @@ FROM (SELECT DISTINCT segment FROM comeback JOIN segment.shop_live_segments USIN
      (SELECT segment FROM segment.shop_live_segments
       WHERE user_id = (SELECT min(user_id) FROM shop_personas WHERE persona = 'frequent_small')) f;
 SELECT reason, count(*) AS changes, count(DISTINCT user_id) AS users
-FROM segment.shop_live_history GROUP BY 1;
+FROM segment.shop_live_history WHERE reason <> 'fit' GROUP BY 1;
 
 -- async: writes only enqueue; segment_process applies them
 SELECT segment_live('shop_live', 'async');

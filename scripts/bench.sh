@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# Live-path benchmarks, as ratios against a baseline measured in the same run:
+#   P3 single-row INSERT throughput (pgbench, 4 clients) with live sync / async vs live off
+#   P4 COPY of BENCH_COPY orders in one statement, live sync vs live off (rolled back each time)
+# Writes BENCHMARKS.md. Scale: BENCH_USERS (default 100000 customers), BENCH_SECONDS per run,
+# BENCH_REPS repetitions (median and spread reported).
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/.." && pwd)
+users=${BENCH_USERS:-100000} secs=${BENCH_SECONDS:-15} reps=${BENCH_REPS:-3} copy_rows=${BENCH_COPY:-200000}
+db=pg_segment_bench
+pg_bin=/usr/lib/postgresql/15/bin
+work=$(mktemp -d /tmp/pg_segment_bench.XXXXXX); chmod 755 "$work"; [ "$(id -u)" = 0 ] && chown postgres:postgres "$work"; trap 'rm -rf "$work"' EXIT
+psql() { "$here/as-postgres.sh" psql -X -q -v ON_ERROR_STOP=1 -d "$db" "$@"; }
+"$here/as-postgres.sh" psql -X -q -c "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db"
+
+echo "== data: $users customers"
+psql -c "SET client_min_messages = warning" -c "CREATE EXTENSION pg_segment" \
+     -c "SELECT count(*) FROM segment_demo($users)" \
+     -c "CREATE INDEX ON demo_orders (user_id)" -c "CREATE INDEX ON demo_events (user_id)" \
+     -c "SELECT count(*) FROM segment_users('demo_orders', options => '{\"events\": \"demo_events\"}')" >/dev/null
+orders=$(psql -At -c "SELECT count(*) FROM demo_orders")
+
+cat > "$work/insert.sql" <<SQL
+\set u random(1, $users)
+INSERT INTO demo_orders (user_id, created_at, amount, category) VALUES (:u, now(), 10 + :u % 90, 'books');
+SQL
+# COPY input: orders for random existing customers
+psql -c "COPY (SELECT 1 + (g * 7919) % $users, now() - (g % 300) * interval '1 day', 5 + g % 200, 'books'
+               FROM generate_series(1, $copy_rows) g) TO '$work/copy.csv' (FORMAT csv)"
+
+tps() {  # one pgbench run, prints tps
+    "$here/as-postgres.sh" "$pg_bin/pgbench" -n -c 4 -j 2 -T "$secs" -f "$work/insert.sql" "$db" 2>/dev/null \
+        | awk '/^tps/ {print $3; exit}'
+}
+copy_seconds() {
+    psql -At <<SQL | tail -1
+BEGIN;
+SELECT extract(epoch FROM clock_timestamp()) AS t0 \gset
+COPY demo_orders (user_id, created_at, amount, category) FROM '$work/copy.csv' (FORMAT csv);
+SELECT extract(epoch FROM clock_timestamp()) - :t0;
+ROLLBACK;
+SQL
+}
+median() { sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
+spread() { sort -g | awk 'NR==1 {lo=$1} {hi=$1} END {printf "%s–%s", lo, hi}'; }
+
+declare -A result
+for mode in off sync async; do
+    psql -c "SET client_min_messages = warning" -c "SELECT segment_live('default', '$mode')" >/dev/null
+    : > "$work/tps.$mode"; : > "$work/copy.$mode"
+    for r in $(seq 1 "$reps"); do
+        tps >> "$work/tps.$mode"
+        [ "$mode" = async ] || copy_seconds >> "$work/copy.$mode"
+        [ "$mode" = async ] && psql -c "SELECT segment_process('default', 1000000)" >/dev/null
+    done
+    echo "$mode tps: $(tr '\n' ' ' < "$work/tps.$mode")  copy s: $(tr '\n' ' ' < "$work/copy.$mode")"
+done
+psql -c "SELECT segment_live('default', 'off')" >/dev/null
+
+m() { median < "$work/$1"; }
+s() { spread < "$work/$1"; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }
+cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')
+mem=$(free -g | awk '/^Mem/ {print $2}')
+pgv=$(psql -At -c "SHOW server_version")
+settings=$(psql -At -c "SELECT string_agg(name || '=' || setting || coalesce(unit, ''), ', ' ORDER BY name) FROM pg_settings WHERE name IN ('shared_buffers', 'work_mem', 'maintenance_work_mem', 'max_parallel_workers_per_gather', 'synchronous_commit', 'fsync')")
+cat > "$root/BENCHMARKS.md" <<MD
+# Benchmarks
+
+Measured by \`make bench\` ($(date -u +%Y-%m-%d)). Every figure is a ratio against a baseline
+measured in the same run on the same data; absolute numbers are context only (this machine is
+shared and noisy). Medians of $reps runs, spread in brackets.
+
+**Machine:** $(nproc) cores ($cpu), ${mem} GiB RAM. PostgreSQL $pgv (Debian), settings:
+$settings.
+
+**Data:** \`segment_demo($users)\`: $orders orders, model \`default\` fitted on orders and
+events, indexes on the user columns.
+
+## Live path (issue: live segments)
+
+| | baseline (live off) | live | ratio | target |
+|---|---|---|---|---|
+| P3 single-row INSERT, pgbench 4 clients, ${secs} s: **sync** | $(m tps.off) tps [$(s tps.off)] | $(m tps.sync) tps [$(s tps.sync)] | **$(ratio "$(m tps.sync)" "$(m tps.off)")** | ≥ 0.6 |
+| P3 single-row INSERT, pgbench 4 clients, ${secs} s: **async** | $(m tps.off) tps [$(s tps.off)] | $(m tps.async) tps [$(s tps.async)] | **$(ratio "$(m tps.async)" "$(m tps.off)")** | ≥ 0.9 |
+| P4 COPY of $copy_rows orders, one statement, **sync** (throughput = baseline time / live time) | $(m copy.off) s [$(s copy.off)] | $(m copy.sync) s [$(s copy.sync)] | **$(ratio "$(m copy.off)" "$(m copy.sync)")** | ≥ 0.5 |
+
+Sync mode recomputes each touched customer's features from the orders table (an index
+lookup per customer), embeds and assigns them, and upserts one row, in the writer's
+transaction. Async mode only inserts the key into the queue.
+
+Not measured yet: the batch pipeline at the seed's scale (1M users, P1/P2/P5/P6) and sklearn
+comparisons; they belong to the performance issue.
+MD
+echo "wrote BENCHMARKS.md"
