@@ -204,3 +204,36 @@ fn pg_test_live_off_removes_the_triggers() {
     assert_eq!(sqlstate_of("SELECT segment_live('v8', 'sometimes')").as_deref(), Some("22023"));
     assert_eq!(sqlstate_of("SELECT segment_live('nope')").as_deref(), Some("42704"));
 }
+
+#[pg_test]
+fn pg_test_switched_personas_move_and_the_others_stay() {
+    // 10% of the customers (lapsed ones) start behaving like frequent small buyers
+    live_demo("v9", 1000, "sync");
+    Spi::run(
+        "CREATE TEMP TABLE v9_before AS SELECT user_id, segment_id FROM segment.v9_users; \
+         CREATE TEMP TABLE v9_switched AS SELECT user_id FROM v9_personas WHERE persona = 'lapsed' ORDER BY user_id LIMIT 100; \
+         INSERT INTO v9_orders (user_id, created_at, amount, category) \
+         SELECT s.user_id, date_trunc('day', now()) - g * interval '2 days' + interval '8 hours', 10 + g % 15, \
+                (ARRAY['grocery', 'beauty'])[1 + g % 2] \
+         FROM v9_switched s, generate_series(1, 50) g; \
+         INSERT INTO v9_events (user_id, event_time, event_type, category) \
+         SELECT s.user_id, now() - (g % 100) * interval '1 day', CASE WHEN g % 3 = 0 THEN 'cart' ELSE 'view' END, 'grocery' \
+         FROM v9_switched s, generate_series(1, 30) g;",
+    )
+    .unwrap();
+    let target: i32 = one(
+        "SELECT mode() WITHIN GROUP (ORDER BY segment_id) FROM segment.v9_users u JOIN v9_personas p USING (user_id) WHERE p.persona = 'frequent_small'",
+    )
+    .unwrap();
+    let moved: f64 = one(&format!(
+        "SELECT avg((u.segment_id = {target})::int)::float8 FROM v9_switched s JOIN segment.v9_users u USING (user_id)"
+    ))
+    .unwrap();
+    assert!(moved >= 0.95, "{moved} of the switched customers joined the frequent buyers");
+    let kept: f64 = one(
+        "SELECT avg((b.segment_id IS NOT DISTINCT FROM u.segment_id)::int)::float8 \
+         FROM v9_before b JOIN segment.v9_users u USING (user_id) WHERE user_id NOT IN (SELECT user_id FROM v9_switched)",
+    )
+    .unwrap();
+    assert!(kept >= 0.99, "{kept} of the others kept their segment");
+}

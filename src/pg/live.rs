@@ -19,6 +19,17 @@ use crate::core::pipeline::Model;
 use crate::pg::catalog::{self, history_table, queue_table, users_table};
 use crate::pg::error::{from_spi, OrRaise};
 use crate::pg::gucs;
+use crate::pg::plans;
+
+use pgrx::pg_sys::{self as sys, PgOid};
+
+const TEXT: PgOid = PgOid::BuiltIn(sys::BuiltinOid::TEXTOID);
+const TEXT_ARRAY: PgOid = PgOid::BuiltIn(sys::BuiltinOid::TEXTARRAYOID);
+const INT4: PgOid = PgOid::BuiltIn(sys::BuiltinOid::INT4OID);
+const INT8: PgOid = PgOid::BuiltIn(sys::BuiltinOid::INT8OID);
+const INT4_ARRAY: PgOid = PgOid::BuiltIn(sys::BuiltinOid::INT4ARRAYOID);
+const FLOAT4_ARRAY: PgOid = PgOid::BuiltIn(sys::BuiltinOid::FLOAT4ARRAYOID);
+const FLOAT8_ARRAY: PgOid = PgOid::BuiltIn(sys::BuiltinOid::FLOAT8ARRAYOID);
 
 /// A model version as the live path needs it, cached per backend and per model. Relations are
 /// schema-qualified: the triggers run with a pinned search_path.
@@ -53,9 +64,13 @@ fn broken(model: &str, what: &str) -> SegError {
 
 /// The current version of `model`, from the cache when no newer version was committed.
 pub fn load(model: &str) -> Result<Rc<LiveModel>> {
-    let version: Option<i32> =
-        Spi::get_one_with_args("SELECT max(version) FROM segment.models WHERE model = $1", &[model.into()])
-            .map_err(from_spi)?;
+    let version: Option<i32> = Spi::connect_mut(|c| {
+        let args: [DatumWithOid; 1] = [model.into()];
+        plans::execute(c, "SELECT max(version) FROM segment.models WHERE model = $1", &[TEXT], &args)?
+            .first()
+            .get::<i32>(1)
+            .map_err(from_spi)
+    })?;
     let Some(version) = version else {
         return catalog::current(model).and_then(|_| Err(broken(model, "no version")));
     };
@@ -123,7 +138,9 @@ pub fn load(model: &str) -> Result<Rc<LiveModel>> {
     if feats.iter().map(|f| f.name.as_str()).ne(stored.iter().copied()) {
         return Err(broken(model, "its feature list does not match this version of pg_segment"));
     }
-    let only = format!("= ANY($1::text[]::{key_type}[])");
+    // A semi-join, not `= ANY($1)`: a COPY touches tens of thousands of users, and a
+    // prepared (generic) plan searches a parameter array linearly for every row.
+    let only = format!("IN (SELECT k::{key_type} FROM unnest($1::text[]) k)");
     let inner = features::features_select(
         &orders,
         events.as_ref(),
@@ -171,11 +188,11 @@ pub fn apply(model: &str, keys: &[String], reason: &str) -> Result<usize> {
 
     // Features from the source, for exactly these users (a fresh snapshot after the locks).
     let n_feats = live.fitted.features.len();
-    let (found, columns) = Spi::connect(|c| {
+    let (found, columns) = Spi::connect_mut(|c| {
         let args: [DatumWithOid; 1] = [keys.to_vec().into()];
         let mut found = Vec::new();
         let mut columns = vec![Vec::new(); n_feats];
-        for row in c.select(&live.select_for_users, None, &args).map_err(from_spi)? {
+        for row in plans::execute(c, &live.select_for_users, &[TEXT_ARRAY], &args)? {
             found.push(row.get::<String>(1).map_err(from_spi)?.unwrap_or_default());
             for (j, col) in columns.iter_mut().enumerate() {
                 col.push(row.get::<f64>(j + 2).map_err(from_spi)?);
@@ -201,14 +218,20 @@ const LOCK_BUCKETS: i64 = 1024;
 fn lock_users(model: &str, keys: &[String]) -> Result<()> {
     // Shared with every other writer; a re-fit takes it exclusively only to wait for the
     // writers in flight (see `catalog::quiesce`) and for its final swap.
-    catalog::lock_model_shared(model)?;
-    Spi::run_with_args(
-        "SELECT count(pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext($1), b)) FROM ( \
-           SELECT DISTINCT (pg_catalog.hashtextextended(k, 0) % $3)::int AS b \
-           FROM unnest($2::text[]) k ORDER BY 1) s",
-        &[model.into(), keys.to_vec().into(), LOCK_BUCKETS.into()],
-    )
-    .map_err(from_spi)
+    Spi::connect_mut(|c| {
+        let args: [DatumWithOid; 1] = [model.into()];
+        plans::execute(c, catalog::LOCK_MODEL_SHARED, &[TEXT], &args)?;
+        let args: [DatumWithOid; 3] = [model.into(), keys.to_vec().into(), LOCK_BUCKETS.into()];
+        plans::execute(
+            c,
+            "SELECT count(pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext($1), b)) FROM ( \
+               SELECT DISTINCT (pg_catalog.hashtextextended(k, 0) % $3)::int AS b \
+               FROM unnest($2::text[]) k ORDER BY 1) s",
+            &[TEXT, TEXT_ARRAY, INT8],
+            &args,
+        )?;
+        Ok(())
+    })
 }
 
 /// Writes features, embedding and segment of the `found` users, and their history.
@@ -218,15 +241,18 @@ fn upsert(live: &LiveModel, found: &[String], columns: &[Vec<Option<f64>>], reas
     }
     let (embedding, assigned) = live.fitted.assign(columns);
     let n_feats = columns.len();
-    let mut flat_features: Vec<Option<f64>> = Vec::with_capacity(found.len() * n_feats);
+    // Missing values travel as NaN (no feature is ever NaN): an array with NULLs would make every
+    // subscript below scan the array from its start.
+    let mut flat_features: Vec<f64> = Vec::with_capacity(found.len() * n_feats);
     for i in 0..found.len() {
-        flat_features.extend(columns.iter().map(|c| c[i]));
+        flat_features.extend(columns.iter().map(|c| c[i].unwrap_or(f64::NAN)));
     }
     let segment: Vec<Option<i32>> = assigned.iter().map(|a| a.map(|(s, _)| s)).collect();
     let distance: Vec<Option<f64>> = assigned.iter().map(|a| a.map(|(_, d)| d)).collect();
     let flat_embedding: Vec<f32> = embedding.iter().map(|&v| v as f32).collect();
     let dims = embedding.ncols() as i64;
-    let rfm: Vec<String> = (1..=RFM_COLUMNS.len()).map(|j| format!("$5[(i - 1) * $6 + {j}]")).collect();
+    let rfm: Vec<String> =
+        (1..=RFM_COLUMNS.len()).map(|j| format!("nullif($5[(i - 1) * $6 + {j}], 'NaN')")).collect();
     let sql = format!(
         "WITH input AS ( \
            SELECT k::{kt} AS user_id, s AS segment_id, d AS distance, i \
@@ -236,7 +262,8 @@ fn upsert(live: &LiveModel, found: &[String], columns: &[Vec<Option<f64>>], reas
            INSERT INTO segment.{t} AS u (user_id, segment_id, distance, model_version, {rfm_names}, \
                                          features, embedding, updated_at) \
            SELECT user_id, segment_id, distance, $4, {rfm}, \
-                  $5[(i - 1) * $6 + 1 : i * $6], $7[(i - 1) * $8 + 1 : i * $8], clock_timestamp() \
+                  ARRAY(SELECT nullif(v, 'NaN') FROM unnest($5[(i - 1) * $6 + 1 : i * $6]) WITH ORDINALITY AS f(v, n) ORDER BY n), \
+                  $7[(i - 1) * $8 + 1 : i * $8], clock_timestamp() \
            FROM input \
            ON CONFLICT (user_id) DO UPDATE SET segment_id = EXCLUDED.segment_id, distance = EXCLUDED.distance, \
              model_version = EXCLUDED.model_version, {rfm_set}, features = EXCLUDED.features, \
@@ -268,7 +295,8 @@ fn upsert(live: &LiveModel, found: &[String], columns: &[Vec<Option<f64>>], reas
             dims.into(),
             reason.into(),
         ];
-        collect_changes(c.update(&sql, None, &args).map_err(from_spi)?)
+        let types = [TEXT_ARRAY, INT4_ARRAY, FLOAT8_ARRAY, INT4, FLOAT8_ARRAY, INT8, FLOAT4_ARRAY, INT8, TEXT];
+        collect_changes(plans::execute(c, &sql, &types, &args)?)
     })
 }
 
@@ -278,7 +306,8 @@ fn remove(live: &LiveModel, gone: &[String], reason: &str) -> Result<Vec<Change>
         return Ok(Vec::new());
     }
     let sql = format!(
-        "WITH gone AS (DELETE FROM segment.{t} WHERE user_id = ANY($1::text[]::{kt}[]) RETURNING user_id, segment_id), \
+        "WITH gone AS (DELETE FROM segment.{t} WHERE user_id IN (SELECT k::{kt} FROM unnest($1::text[]) k) \
+                       RETURNING user_id, segment_id), \
          changed AS ( \
            INSERT INTO segment.{h} (user_id, from_segment, to_segment, model_version, reason) \
            SELECT user_id, segment_id, NULL, $2, $3 FROM gone WHERE segment_id IS NOT NULL \

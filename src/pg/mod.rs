@@ -5,6 +5,7 @@ mod catalog;
 mod error;
 mod gucs;
 mod live;
+mod plans;
 mod source;
 
 #[pgrx::pg_guard]

@@ -20,6 +20,8 @@ listen_addresses = ''
 unix_socket_directories = '$data'
 shared_preload_libraries = 'pg_cron'
 cron.database_name = 'postgres'
+cron.use_background_workers = on
+max_worker_processes = 16
 CONF
 "$as_pg" "$bin/pg_ctl" -D "$data/db" -l "$data/log" -w start >/dev/null || { echo "not ok cron: start failed"; cat "$data/log"; exit 0; }
 q() { timeout 120 "$as_pg" psql -X -q -At -v ON_ERROR_STOP=1 -h "$data" -p 5499 -d postgres "$@"; }
@@ -31,7 +33,8 @@ q -c "INSERT INTO demo_orders (user_id, created_at, amount, category) SELECT g, 
 check "orders are queued in async mode" "$(q -c "SELECT pending FROM segment.live_status")" "25"
 q -c "SELECT cron.schedule('segment-process', '* * * * *', \$\$SELECT segment_process('default')\$\$)" >/dev/null
 pending=25
-for _ in $(seq 1 30); do
+deadline=$((SECONDS + 150))
+while [ "$SECONDS" -lt "$deadline" ]; do
     pending=$(q -c "SELECT pending FROM segment.live_status")
     [ "$pending" = 0 ] && break
     sleep 5
