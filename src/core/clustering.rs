@@ -50,6 +50,25 @@ impl Clustering {
     }
 }
 
+/// Mean of the rows of each cluster (zeros for an empty one) and the cluster sizes.
+pub fn cluster_means(x: ArrayView2<f64>, labels: &[Option<usize>], k: usize) -> (Array2<f64>, Vec<usize>) {
+    let mut means = Array2::<f64>::zeros((k, x.ncols()));
+    let mut counts = vec![0usize; k];
+    for (i, l) in labels.iter().enumerate() {
+        if let Some(c) = *l {
+            let mut row = means.row_mut(c);
+            row += &x.row(i);
+            counts[c] += 1;
+        }
+    }
+    for (c, &n) in counts.iter().enumerate() {
+        if n > 0 {
+            means.row_mut(c).mapv_inplace(|v| v / n as f64);
+        }
+    }
+    (means, counts)
+}
+
 pub fn labels_of(assigned: &[Option<(usize, f64)>]) -> Vec<Option<usize>> {
     assigned.iter().map(|a| a.map(|(c, _)| c)).collect()
 }
@@ -220,18 +239,8 @@ pub fn dbscan(x: ArrayView2<f64>, eps: f64, min_points: usize) -> Result<Cluster
             .detail(format!("eps {eps:.4}, min_points {min_points}: every user is noise"))
             .hint("pass a larger \"eps\" or a smaller \"min_points\" in options"));
     }
-    let mut centroids = Array2::<f64>::zeros((k, x.ncols()));
-    let mut counts = vec![0usize; k];
-    for (i, l) in labels.iter().enumerate() {
-        if let Some(c) = *l {
-            let mut row = centroids.row_mut(c);
-            row += &x.row(i);
-            counts[c] += 1;
-        }
-    }
-    for c in 0..k {
-        centroids.row_mut(c).mapv_inplace(|v| v / counts[c] as f64);
-    }
+    let labels: Vec<Option<usize>> = labels.to_vec();
+    let (centroids, _) = cluster_means(x, &labels, k);
     let mut radii = vec![0.0f64; k];
     for (i, l) in labels.iter().enumerate() {
         if let Some(c) = *l {

@@ -294,18 +294,9 @@ fn describe(
     k: usize,
     names: &[String],
 ) -> Vec<Segment> {
-    let mut sums = Array2::<f64>::zeros((k, x.ncols()));
-    let mut counts = vec![0usize; k];
-    for (i, l) in labels.iter().enumerate() {
-        if let Some(c) = *l {
-            let mut row = sums.row_mut(c);
-            row += &x.row(i);
-            counts[c] += 1;
-        }
-    }
-    let profiles: Vec<Vec<f64>> = (0..k)
-        .map(|c| sums.row(c).iter().zip(weights).map(|(s, w)| s / counts[c].max(1) as f64 / w).collect())
-        .collect();
+    let (means, counts) = clustering::cluster_means(x, labels, k);
+    let profiles: Vec<Vec<f64>> =
+        (0..k).map(|c| means.row(c).iter().zip(weights).map(|(m, w)| m / w).collect()).collect();
     // One pass per feature column: (sum, count) per segment over the users that have it.
     let mut raw_means = vec![vec![f64::NAN; columns.len()]; k];
     for (j, col) in columns.iter().enumerate() {
