@@ -44,8 +44,12 @@ impl Clustering {
         }
     }
 
-    /// Assigns every row (in parallel: pure computation only).
+    /// Assigns every row (in parallel for large batches: pure computation only; waking the
+    /// thread pool costs more than a live update's handful of users).
     pub fn assign(&self, x: ArrayView2<f64>) -> Vec<Option<(usize, f64)>> {
+        if x.nrows() < 4096 {
+            return (0..x.nrows()).map(|i| self.assign_one(x.row(i))).collect();
+        }
         (0..x.nrows()).into_par_iter().map(|i| self.assign_one(x.row(i))).collect()
     }
 }

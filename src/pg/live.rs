@@ -46,6 +46,8 @@ pub struct LiveModel {
     pub timezone: String,
     /// Feature statement for the users in `$1` (text keys), returning `user_id::text` first.
     pub select_for_users: String,
+    /// The same for statements that touch more than [`MANY_USERS`] users.
+    pub select_for_many_users: String,
 }
 
 thread_local! {
@@ -138,20 +140,24 @@ pub fn load(model: &str) -> Result<Rc<LiveModel>> {
     if feats.iter().map(|f| f.name.as_str()).ne(stored.iter().copied()) {
         return Err(broken(model, "its feature list does not match this version of pg_segment"));
     }
-    // A semi-join, not `= ANY($1)`: a COPY touches tens of thousands of users, and a
-    // prepared (generic) plan searches a parameter array linearly for every row.
-    let only = format!("IN (SELECT k::{key_type} FROM unnest($1::text[]) k)");
-    let inner = features::features_select(
-        &orders,
-        events.as_ref(),
-        &feats,
-        AsOf::Now,
-        options.dedupe,
-        &options.timezone,
-        Some(&only),
-    );
-    let cols: Vec<String> = feats.iter().map(|f| format!("f.{}", quote_ident(&f.name))).collect();
-    let select_for_users = format!("SELECT f.user_id::text, {} FROM ({inner}) f", cols.join(", "));
+    // Two forms of "these users": `= ANY($1)` gets a cheap generic plan of index probes for the
+    // few users of an ordinary statement; a COPY touching tens of thousands of users gets a
+    // semi-join (a generic plan would search the parameter array linearly for every row).
+    let select = |only: String| {
+        let inner = features::features_select(
+            &orders,
+            events.as_ref(),
+            &feats,
+            AsOf::Now,
+            options.dedupe,
+            &options.timezone,
+            Some(&only),
+        );
+        let cols: Vec<String> = feats.iter().map(|f| format!("f.{}", quote_ident(&f.name))).collect();
+        format!("SELECT f.user_id::text, {} FROM ({inner}) f", cols.join(", "))
+    };
+    let select_for_users = select(format!("= ANY($1::text[]::{key_type}[])"));
+    let select_for_many_users = select(format!("IN (SELECT k::{key_type} FROM unnest($1::text[]) k)"));
     let live = Rc::new(LiveModel {
         model: model.to_string(),
         version,
@@ -163,6 +169,7 @@ pub fn load(model: &str) -> Result<Rc<LiveModel>> {
         dedupe: options.dedupe,
         timezone: options.timezone.clone(),
         select_for_users,
+        select_for_many_users,
     });
     CACHE.with(|c| c.borrow_mut().insert(model.to_string(), live.clone()));
     Ok(live)
@@ -192,7 +199,8 @@ pub fn apply(model: &str, keys: &[String], reason: &str) -> Result<usize> {
         let args: [DatumWithOid; 1] = [keys.to_vec().into()];
         let mut found = Vec::new();
         let mut columns = vec![Vec::new(); n_feats];
-        for row in plans::execute(c, &live.select_for_users, &[TEXT_ARRAY], &args)? {
+        let sql = if keys.len() > MANY_USERS { &live.select_for_many_users } else { &live.select_for_users };
+        for row in plans::execute(c, sql, &[TEXT_ARRAY], &args)? {
             found.push(row.get::<String>(1).map_err(from_spi)?.unwrap_or_default());
             for (j, col) in columns.iter_mut().enumerate() {
                 col.push(row.get::<f64>(j + 2).map_err(from_spi)?);
@@ -207,6 +215,9 @@ pub fn apply(model: &str, keys: &[String], reason: &str) -> Result<usize> {
     notify(model, live.version, reason, &changes)?;
     Ok(changes.len())
 }
+
+/// Above this many touched users a statement uses the semi-join form of the features query.
+const MANY_USERS: usize = 256;
 
 /// Number of lock buckets per model: a statement touching many users (a COPY) takes at most
 /// this many locks, however many users it touches.
@@ -531,7 +542,8 @@ fn warn_without_index(rel: &str, user: &str) -> Result<()> {
     let indexed: Option<bool> = Spi::get_one_with_args(
         "SELECT EXISTS (SELECT FROM pg_index i JOIN pg_attribute a \
                           ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] \
-                        WHERE i.indrelid = $1::regclass AND quote_ident(a.attname) = $2)",
+                        WHERE i.indrelid = $1::regclass \
+                          AND '\"' || replace(a.attname, '\"', '\"\"') || '\"' = $2)",
         &[rel.into(), user.into()],
     )
     .map_err(from_spi)?;
