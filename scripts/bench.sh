@@ -92,14 +92,15 @@ transaction. Async mode only inserts the key into the queue.
 
 ### Where the time goes, and what would close the gaps
 
-The sync and COPY targets are not reached (sync ≈ 0.12 of 0.6, COPY ≈ 0.03 of 0.5; async is
-close at ≈ 0.85 of 0.9). With \`auto_explain\` on a 5,000-row insert, the time is in the two SPI
+The sync and COPY targets are not reached, async is close (see the ratios above). With \`auto_explain\` on a 5,000-row insert, the time is in the two SPI
 statements of the live path: the features statement (a window and an aggregate over each
 touched customer's whole order and event history, by index lookups) and the upsert with its
-history insert; planning is gone (plans are prepared once per backend) and the Rust work
-(scaling, encoder, nearest centroid) is small. Two bugs found by this benchmark were fixed on
-the way (a parameter array searched linearly per row, a NULL-bearing array subscripted per
-row: a 20,000-row insert went from 74 s to 3.5 s). What would close the rest:
+history insert; planning is gone (plans are prepared once per backend and forced generic:
+with one-element array parameters PostgreSQL chose to re-plan every call, which took 75% of a
+single-user update: 1.04 ms → 0.27 ms, sync ratio 0.12 → 0.25) and the Rust work (scaling,
+encoder, nearest centroid) is small. Two bugs found by this benchmark were fixed on the way (a
+parameter array searched linearly per row, a NULL-bearing array subscripted per row: a
+20,000-row insert went from 74 s to 3.5 s). What would close the rest:
 
 - incremental aggregates for the invertible features (count, sum, max of an insert) kept per
   customer, re-aggregating history only for deletes and moved orders;
