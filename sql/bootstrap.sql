@@ -38,6 +38,7 @@ CREATE TABLE segment.centroids (
     centroid       real[]  NOT NULL,
     top_categories text[]  NOT NULL DEFAULT '{}',
     profile        jsonb   NOT NULL,  -- distinguishing features: scaled means vs the population
+    category_mix   jsonb   NOT NULL DEFAULT '{}',  -- mean category share of the members at fit
     PRIMARY KEY (model, version, segment_id),
     UNIQUE (model, version, name),
     FOREIGN KEY (model, version) REFERENCES segment.models ON DELETE CASCADE

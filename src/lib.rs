@@ -18,6 +18,7 @@ mod tests {
     include!("../pgrx-tests/lookups.rs");
     include!("../pgrx-tests/errors.rs");
     include!("../pgrx-tests/live.rs");
+    include!("../pgrx-tests/apps.rs");
 }
 
 /// Required by `cargo pgrx test`.

@@ -18,6 +18,8 @@ pub enum ErrorKind {
     WrongObjectType,
     /// A model, table or other object does not exist (42704).
     UndefinedObject,
+    /// A name is already taken, such as a segment name within a model version (42710).
+    DuplicateObject,
     /// A model name cannot be used as one (42602).
     InvalidName,
     /// The source has no usable rows (P0002 no_data_found).

@@ -34,6 +34,14 @@ pub fn apply_transform(t: Transform, x: f64) -> f64 {
     }
 }
 
+/// The raw value whose transform is `y`.
+pub fn inverse_transform(t: Transform, y: f64) -> f64 {
+    match t {
+        Transform::Linear => y,
+        Transform::Log => y.signum() * y.abs().exp_m1(),
+    }
+}
+
 /// Linear-interpolated quantile of sorted data (`q` in 0..=1).
 pub fn quantile_sorted(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {

@@ -131,7 +131,8 @@ pub fn fit_model(args: &FitArgs, reason: &str) -> crate::core::error::Result<Vec
     catalog::lock_model(model)?;
     let version = catalog::next_version(model)?;
     let previous = catalog::ensure_users_table(model, &orders.user.type_name)?;
-    let lineage = if previous { relabel(model, &mut fit)? } else { None };
+    let (lineage, descriptions) =
+        if previous { relabel(model, &mut fit)? } else { (None, vec![None; fit.segments.len()]) };
     let touched = if previous { catalog::touched_since(model, since)? } else { Vec::new() };
     let spec = json!({
         "columns": {
@@ -150,7 +151,7 @@ pub fn fit_model(args: &FitArgs, reason: &str) -> crate::core::error::Result<Vec
         "features": fit.model.features,
         "options": opts,
     });
-    let stored = Stored { model, version, spec: &spec, fit: &fit, lineage: lineage.as_ref() };
+    let stored = Stored { model, version, spec: &spec, fit: &fit, lineage: lineage.as_ref(), descriptions: &descriptions };
     let rows = store(&stored, &feature_names, &orders, events.as_ref(), users, rows_used, rows_skipped, &skipped, reason)?;
     // live writers that committed after the fit's snapshot: apply them under the new version
     live::apply(model, &touched, "order")?;
@@ -159,13 +160,16 @@ pub fn fit_model(args: &FitArgs, reason: &str) -> crate::core::error::Result<Vec
 }
 
 /// Matches the new clusters to the current version's segments by shared users (Hungarian
-/// algorithm): continued segments keep their id and name, the others get new ids; names stay
-/// unique. Returns the lineage (splits, merges, retired ids) for the model record.
-fn relabel(model: &str, fit: &mut FitResult) -> crate::core::error::Result<Option<Lineage>> {
-    let (old_ids, old_names) = catalog::current_segments(model)?;
-    if old_ids.is_empty() {
-        return Ok(None);
+/// algorithm): continued segments keep their id, name and description (including names people
+/// gave them with `segment_rename`), the others get new ids; names stay unique. Returns the
+/// lineage (splits, merges, retired ids) for the model record and the kept descriptions.
+fn relabel(model: &str, fit: &mut FitResult) -> crate::core::error::Result<(Option<Lineage>, Vec<Option<String>>)> {
+    let known = catalog::current_segments(model)?;
+    let mut descriptions = vec![None; fit.segments.len()];
+    if known.is_empty() {
+        return Ok((None, descriptions));
     }
+    let old_ids: Vec<i32> = known.iter().map(|s| s.id).collect();
     let labels: Vec<Option<i32>> = fit.assignments.iter().map(|a| a.map(|(c, _)| c as i32)).collect();
     let pairs = catalog::overlap(model, labels)?;
     let k = fit.segments.len();
@@ -177,12 +181,14 @@ fn relabel(model: &str, fit: &mut FitResult) -> crate::core::error::Result<Optio
     }
     let lineage = matching::match_segments(&overlap, &old_ids);
     let ids = matching::assign_ids(&lineage, &old_ids);
-    let kept: Vec<String> = lineage.continues.iter().flatten().filter_map(|id| {
-        old_ids.iter().position(|o| o == id).map(|j| old_names[j].clone())
-    }).collect();
+    let previous = |id: i32| known.iter().find(|s| s.id == id).expect("matched id exists");
+    let kept: Vec<String> = lineage.continues.iter().flatten().map(|&id| previous(id).name.clone()).collect();
     for (i, seg) in fit.segments.iter_mut().enumerate() {
         match lineage.continues[i] {
-            Some(id) => seg.name = old_names[old_ids.iter().position(|&o| o == id).expect("matched id exists")].clone(),
+            Some(id) => {
+                seg.name = previous(id).name.clone();
+                descriptions[i] = previous(id).description.clone();
+            }
             None => {
                 let base = seg.name.clone();
                 let mut n = 2;
@@ -194,7 +200,17 @@ fn relabel(model: &str, fit: &mut FitResult) -> crate::core::error::Result<Optio
         }
     }
     fit.model.segment_ids = ids;
-    Ok(Some(lineage))
+    Ok((Some(lineage), descriptions))
+}
+
+/// A segment's mean share of each category (the smoothed per-user shares), for recommendations.
+fn category_mix(names: &[String], raw_means: &[f64]) -> Value {
+    let map: Map<String, Value> = names
+        .iter()
+        .zip(raw_means)
+        .filter_map(|(n, &m)| n.strip_prefix("category:").filter(|_| m.is_finite()).map(|c| (c.to_string(), json!(m))))
+        .collect();
+    Value::Object(map)
 }
 
 struct Stored<'a> {
@@ -203,6 +219,7 @@ struct Stored<'a> {
     spec: &'a Value,
     fit: &'a FitResult,
     lineage: Option<&'a Lineage>,
+    descriptions: &'a [Option<String>],
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -258,11 +275,13 @@ fn store(
         .map(|(i, s)| CentroidRow {
             segment_id: fit.model.segment_id(i),
             name: s.name.clone(),
+            description: st.descriptions.get(i).cloned().flatten(),
             users: s.users as i64,
             share: s.users as f64 / total,
             centroid: fit.model.clustering.centroids.row(i).iter().map(|&v| v as f32).collect(),
             top_categories: top_categories(feature_names, &s.raw_means),
             profile: profile_json(feature_names, &s.profile),
+            category_mix: category_mix(feature_names, &s.raw_means),
         })
         .collect();
     catalog::insert_centroids(model, version, centroids)?;
@@ -340,12 +359,17 @@ fn segment_evaluate(
 }
 
 /// One row per segment of the current version: size now, RFM means, top categories and the
-/// distinguishing features.
+/// distinguishing features. Segments smaller than `pg_segment.min_segment_size` are merged into
+/// one row (segment_id NULL), left out if still too small; with `epsilon`, counts and means get
+/// Laplace noise for epsilon-differential privacy (see `core::privacy`).
 #[pg_extern(stable, parallel_safe)]
-fn segment_describe(model: default!(&str, "'default'")) -> TableIterator<
+fn segment_describe(
+    model: default!(&str, "'default'"),
+    epsilon: default!(Option<f64>, "NULL"),
+) -> TableIterator<
     'static,
     (
-        name!(segment_id, i32),
+        name!(segment_id, Option<i32>),
         name!(name, String),
         name!(users, i64),
         name!(share, f64),
@@ -356,39 +380,88 @@ fn segment_describe(model: default!(&str, "'default'")) -> TableIterator<
         name!(profile, JsonB),
     ),
 > {
-    catalog::check_model_name(model).or_raise();
-    let cur = catalog::current(model).or_raise();
+    TableIterator::new(describe(model, epsilon).or_raise())
+}
+
+type DescribeRow = (Option<i32>, String, i64, f64, Option<f64>, Option<f64>, Option<f64>, Vec<String>, JsonB);
+
+fn describe(model: &str, epsilon: Option<f64>) -> crate::core::error::Result<Vec<DescribeRow>> {
+    use crate::core::privacy::{self, SegmentAggregate};
+    catalog::check_model_name(model)?;
+    let cur = catalog::current(model)?;
+    if let Some(e) = epsilon {
+        if !(e.is_finite() && e > 0.0) {
+            return Err(SegError::invalid(format!("epsilon must be a positive number, not {e}"))
+                .hint("smaller epsilon means more noise and more privacy; 1 is a common choice"));
+        }
+    }
+    // With differential privacy every published sum is of values clipped to [0, bound], the
+    // bound being the model's 99th percentile of the feature (published with the model).
+    let bounds: Vec<f64> = match epsilon {
+        None => vec![f64::INFINITY; 3],
+        Some(_) => {
+            let live = live::load(model)?;
+            ["recency_days", "frequency", "monetary"]
+                .iter()
+                .map(|n| {
+                    live.fitted.scaler.features.iter().find(|f| f.name == *n).map_or(f64::INFINITY, |f| {
+                        crate::core::scaling::inverse_transform(f.transform, f.hi).max(0.0)
+                    })
+                })
+                .collect()
+        }
+    };
+    let lower = if epsilon.is_some() { 0.0 } else { f64::NEG_INFINITY };
     let t = quote_ident(&cur.users_table);
+    let clip = |c: &str, j: usize| format!("sum(least(greatest(u.{c}, $3), $4[{j}])), count(u.{c})");
     let sql = format!(
-        "SELECT c.segment_id, c.name, count(u.user_id), \
-                coalesce(count(u.user_id)::float8 / nullif((SELECT count(*) FROM segment.{t}), 0), 0), \
-                avg(u.recency_days), avg(u.frequency), avg(u.monetary), c.top_categories, c.profile \
+        "SELECT c.segment_id, c.name, count(u.user_id)::float8, {r}, {f}, {m}, c.top_categories, c.profile \
          FROM segment.centroids c \
          LEFT JOIN segment.{t} u ON u.segment_id = c.segment_id AND u.model_version = c.version \
          WHERE c.model = $1 AND c.version = $2 \
          GROUP BY c.segment_id, c.name, c.top_categories, c.profile \
-         ORDER BY c.segment_id"
+         ORDER BY c.segment_id",
+        r = clip("recency_days", 1),
+        f = clip("frequency", 2),
+        m = clip("monetary", 3),
     );
+    let mut extra: Vec<(i32, Vec<String>, JsonB)> = Vec::new();
     let rows = Spi::connect(|c| {
-        let args: [DatumWithOid; 2] = [model.into(), cur.version.into()];
+        let args: [DatumWithOid; 4] = [model.into(), cur.version.into(), lower.into(), bounds.clone().into()];
         let mut out = Vec::new();
         for r in c.select(&sql, None, &args)? {
-            out.push((
-                r.get::<i32>(1)?.unwrap_or(0),
-                r.get::<String>(2)?.unwrap_or_default(),
-                r.get::<i64>(3)?.unwrap_or(0),
-                r.get::<f64>(4)?.unwrap_or(0.0),
-                r.get::<f64>(5)?,
-                r.get::<f64>(6)?,
-                r.get::<f64>(7)?,
-                r.get::<Vec<String>>(8)?.unwrap_or_default(),
-                r.get::<JsonB>(9)?.unwrap_or(JsonB(json!({}))),
-            ));
+            let id = r.get::<i32>(1)?.unwrap_or(0);
+            let pair = |j: usize| -> Result<(f64, f64), pgrx::spi::Error> {
+                Ok((r.get::<f64>(j)?.unwrap_or(0.0), r.get::<i64>(j + 1)?.unwrap_or(0) as f64))
+            };
+            out.push(SegmentAggregate {
+                segment_id: Some(id),
+                name: r.get::<String>(2)?.unwrap_or_default(),
+                users: r.get::<f64>(3)?.unwrap_or(0.0),
+                sums: vec![pair(4)?, pair(6)?, pair(8)?],
+            });
+            extra.push((id, r.get::<Vec<String>>(10)?.unwrap_or_default(), r.get::<JsonB>(11)?.unwrap_or(JsonB(json!({})))));
         }
         Ok::<_, pgrx::spi::Error>(out)
     })
-    .or_raise();
-    TableIterator::new(rows)
+    .map_err(from_spi)?;
+    let mut rows = privacy::merge_small(rows, crate::pg::gucs::MIN_SEGMENT_SIZE.get() as f64);
+    if let Some(e) = epsilon {
+        privacy::add_noise(&mut rows, e, &bounds, &mut rand::thread_rng());
+    }
+    let total: f64 = rows.iter().map(|r| r.users.round()).sum();
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let (cats, profile) = extra
+                .iter()
+                .find(|x| Some(x.0) == r.segment_id)
+                .map_or((Vec::new(), JsonB(json!({}))), |x| (x.1.clone(), JsonB(x.2 .0.clone())));
+            let users = r.users.round();
+            (r.segment_id, r.name.clone(), users as i64, if total > 0.0 { users / total } else { 0.0 },
+             r.mean(0), r.mean(1), r.mean(2), cats, profile)
+        })
+        .collect())
 }
 
 extension_sql!(

@@ -171,7 +171,7 @@ pub fn ensure_users_table(model: &str, key_type: &str) -> Result<bool> {
            features float8[] NOT NULL, \
            embedding real[] NOT NULL, \
            updated_at timestamptz NOT NULL DEFAULT now()); \
-         CREATE INDEX ON segment.{t} (segment_id); \
+         CREATE INDEX ON segment.{t} (segment_id, distance); \
          COMMENT ON TABLE segment.{t} IS {comment}; \
          CREATE VIEW segment.{v} AS \
            SELECT u.user_id, u.segment_id, c.name AS segment, u.distance, u.model_version, u.updated_at \
@@ -214,15 +214,21 @@ pub fn ensure_users_table(model: &str, key_type: &str) -> Result<bool> {
     Ok(false)
 }
 
-/// Segment ids and names of the model's current version (before a new one is written).
-pub fn current_segments(model: &str) -> Result<(Vec<i32>, Vec<String>)> {
+/// A segment of the model's current version as people know it: id, name, description.
+pub struct KnownSegment {
+    pub id: i32,
+    pub name: String,
+    pub description: Option<String>,
+}
+
+/// Segments of the model's current version (before a new one is written).
+pub fn current_segments(model: &str) -> Result<Vec<KnownSegment>> {
     Spi::connect(|c| {
         let args: [DatumWithOid; 1] = [model.into()];
-        let mut ids = Vec::new();
-        let mut names = Vec::new();
+        let mut out = Vec::new();
         let t = c
             .select(
-                "SELECT segment_id, name FROM segment.centroids \
+                "SELECT segment_id, name, description FROM segment.centroids \
                  WHERE model = $1 AND version = (SELECT max(version) FROM segment.models WHERE model = $1) \
                  ORDER BY segment_id",
                 None,
@@ -230,10 +236,13 @@ pub fn current_segments(model: &str) -> Result<(Vec<i32>, Vec<String>)> {
             )
             .map_err(from_spi)?;
         for r in t {
-            ids.push(r.get::<i32>(1).map_err(from_spi)?.unwrap_or(0));
-            names.push(r.get::<String>(2).map_err(from_spi)?.unwrap_or_default());
+            out.push(KnownSegment {
+                id: r.get::<i32>(1).map_err(from_spi)?.unwrap_or(0),
+                name: r.get::<String>(2).map_err(from_spi)?.unwrap_or_default(),
+                description: r.get::<String>(3).map_err(from_spi)?,
+            });
         }
-        Ok((ids, names))
+        Ok(out)
     })
 }
 
@@ -317,39 +326,47 @@ pub fn insert_model(m: ModelRow) -> Result<()> {
 pub struct CentroidRow {
     pub segment_id: i32,
     pub name: String,
+    pub description: Option<String>,
     pub users: i64,
     pub share: f64,
     pub centroid: Vec<f32>,
     pub top_categories: Vec<String>,
     pub profile: serde_json::Value,
+    pub category_mix: serde_json::Value,
 }
 
 pub fn insert_centroids(model: &str, version: i32, rows: Vec<CentroidRow>) -> Result<()> {
     let mut ids = Vec::new();
     let mut names = Vec::new();
+    let mut descriptions = Vec::new();
     let mut users = Vec::new();
     let mut shares = Vec::new();
     let mut centroids = Vec::new();
     let mut cats = Vec::new();
     let mut profiles = Vec::new();
+    let mut mixes = Vec::new();
     for r in rows {
         ids.push(r.segment_id);
         names.push(r.name);
+        descriptions.push(r.description);
         users.push(r.users);
         shares.push(r.share);
         centroids.push(serde_json::to_string(&r.centroid).unwrap_or_default());
         cats.push(serde_json::to_string(&r.top_categories).unwrap_or_default());
         profiles.push(JsonB(r.profile));
+        mixes.push(JsonB(r.category_mix));
     }
     // Ragged arrays cannot travel as one 2-D array: pass them as JSON text and unpack in SQL.
     Spi::run_with_args(
-        "INSERT INTO segment.centroids (model, version, segment_id, name, users, share, centroid, top_categories, profile) \
-         SELECT $1, $2, s.id, s.name, s.users, s.share, \
+        "INSERT INTO segment.centroids (model, version, segment_id, name, description, users, share, centroid, \
+                                        top_categories, profile, category_mix) \
+         SELECT $1, $2, s.id, s.name, s.description, s.users, s.share, \
                 ARRAY(SELECT pg_catalog.jsonb_array_elements_text(s.centroid::jsonb)::real), \
                 ARRAY(SELECT pg_catalog.jsonb_array_elements_text(s.cats::jsonb)), \
-                s.profile \
-         FROM unnest($3::int[], $4::text[], $5::int8[], $6::float8[], $7::text[], $8::text[], $9::jsonb[]) \
-              AS s(id, name, users, share, centroid, cats, profile)",
+                s.profile, s.mix \
+         FROM unnest($3::int[], $4::text[], $5::int8[], $6::float8[], $7::text[], $8::text[], $9::jsonb[], \
+                     $10::text[], $11::jsonb[]) \
+              AS s(id, name, users, share, centroid, cats, profile, description, mix)",
         &[
             model.into(),
             version.into(),
@@ -360,6 +377,8 @@ pub fn insert_centroids(model: &str, version: i32, rows: Vec<CentroidRow>) -> Re
             centroids.into(),
             cats.into(),
             profiles.into(),
+            descriptions.into(),
+            mixes.into(),
         ],
     )
     .map_err(from_spi)

@@ -15,6 +15,7 @@ fn sqlstate(kind: ErrorKind) -> Code {
         ErrorKind::WrongObjectType => Code::ERRCODE_WRONG_OBJECT_TYPE,
         ErrorKind::UndefinedObject => Code::ERRCODE_UNDEFINED_OBJECT,
         ErrorKind::InvalidName => Code::ERRCODE_INVALID_NAME,
+        ErrorKind::DuplicateObject => Code::ERRCODE_DUPLICATE_OBJECT,
         ErrorKind::NoData => Code::ERRCODE_NO_DATA_FOUND,
         ErrorKind::LimitExceeded => Code::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
         ErrorKind::UndefinedTable => Code::ERRCODE_UNDEFINED_TABLE,

@@ -7,6 +7,8 @@ use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
 pub static NOTIFY_CHANNEL: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"segment_changes"));
 
+pub static MIN_SEGMENT_SIZE: GucSetting<i32> = GucSetting::<i32>::new(10);
+
 pub static REFIT_DRIFT: GucSetting<f64> = GucSetting::<f64>::new(0.2);
 
 pub fn init() {
@@ -17,6 +19,16 @@ pub fn init() {
         &REFIT_DRIFT,
         0.0,
         1.0,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"pg_segment.min_segment_size",
+        c"Smallest segment that reports describe on their own.",
+        c"segment_describe, segment_top_categories and segment_recommend merge or leave out segments with fewer users than this, so that no report singles out a person; 1 reports every segment.",
+        &MIN_SEGMENT_SIZE,
+        1,
+        1_000_000,
         GucContext::Userset,
         GucFlags::default(),
     );

@@ -1,6 +1,7 @@
 //! The pgrx layer: SQL functions, SPI, errors. It translates and delegates to `core`.
 
 mod api;
+mod apps;
 mod catalog;
 mod error;
 mod gucs;
