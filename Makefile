@@ -9,9 +9,9 @@ SUDO        := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
 APT_PACKAGES := postgresql-$(PG_MAJOR) postgresql-server-dev-$(PG_MAJOR) postgresql-$(PG_MAJOR)-cron \
-                libclang-dev clang pkg-config sudo
+                libclang-dev clang pkg-config sudo chromium
 
-.PHONY: demo test deps build install cluster unit pgtest regress client bench clean help
+.PHONY: demo test deps build install cluster unit pgtest regress client bench shards-test clean help
 
 help:
 	@echo "make demo   - set up everything, install pg_segment, segment demo data, print the result"
@@ -44,6 +44,9 @@ test: deps unit pgtest regress client
 
 unit: deps
 	cargo test --lib -- --skip pg_test_
+
+shards-test: install
+	@scripts/shards.sh $(PG_MAJOR)
 
 pgtest: deps
 	@scripts/pgtest.sh $(PG_MAJOR)

@@ -152,3 +152,25 @@ fn pg_test_describe_merges_small_segments_and_adds_noise_on_request() {
     assert_eq!(sqlstate_of("SELECT * FROM segment_describe('a5', epsilon => 0)").as_deref(), Some("22023"));
     assert_eq!(sqlstate_of("SELECT * FROM segment_describe('a5', epsilon => 'NaN')").as_deref(), Some("22023"));
 }
+
+#[pg_test]
+fn pg_test_plots_are_self_contained_svg_for_every_kind() {
+    fitted("a6", 400);
+    for kind in ["map", "sizes", "profile"] {
+        let svg: String = one(&format!("SELECT segment_plot('a6', '{kind}')")).unwrap();
+        assert!(svg.starts_with("<svg xmlns=\"http://www.w3.org/2000/svg\""), "{kind}");
+        assert!(svg.trim_end().ends_with("</svg>"), "{kind}");
+        assert!(!svg.contains("<script") && !svg.contains("href"), "{kind}: nothing external or active");
+        // every segment is in the legend
+        let names: Vec<String> = Spi::get_one::<Vec<String>>("SELECT array_agg(name) FROM segment.centroids WHERE model = 'a6'").unwrap().unwrap();
+        for n in names {
+            assert!(svg.contains(&n), "{kind} names segment {n}");
+        }
+        // it parses as XML (PostgreSQL's own parser)
+        assert_eq!(one::<bool>(&format!("SELECT xml_is_well_formed_document(segment_plot('a6', '{kind}'))")), Some(true), "{kind}");
+    }
+    // the map draws the sampled users plus one marker per centroid
+    let circles: i64 = one("SELECT (length(segment_plot('a6', 'map')) - length(replace(segment_plot('a6', 'map'), '<circle', ''))) / 7").unwrap();
+    assert_eq!(circles, 400 + 4);
+    assert_eq!(sqlstate_of("SELECT segment_plot('a6', 'pie')").as_deref(), Some("22023"));
+}

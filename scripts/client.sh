@@ -26,6 +26,7 @@ GRANT USAGE, CREATE ON SCHEMA segment TO $user;
 GRANT SELECT ON ALL TABLES IN SCHEMA segment TO $user;
 GRANT INSERT ON segment.models, segment.centroids TO $user;
 GRANT INSERT, DELETE ON segment.live TO $user;
+GRANT UPDATE (name, description) ON segment.centroids TO $user;
 SQL
 export PGHOST=127.0.0.1 PGPORT=${PGPORT:-5432} PGUSER=$user PGPASSWORD=$user PGDATABASE=$db
 

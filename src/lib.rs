@@ -30,3 +30,16 @@ pub mod pg_test {
         vec![]
     }
 }
+
+/// Packaging: the version is said once, in Cargo.toml; META.json must follow it.
+#[cfg(test)]
+mod packaging {
+    #[test]
+    fn meta_json_carries_the_crate_version() {
+        let meta: serde_json::Value = serde_json::from_str(include_str!("../META.json")).expect("META.json parses");
+        let version = env!("CARGO_PKG_VERSION");
+        assert_eq!(meta["version"], version, "META.json version");
+        assert_eq!(meta["provides"]["pg_segment"]["version"], version, "META.json provides.pg_segment.version");
+        assert_eq!(meta["name"], env!("CARGO_PKG_NAME"));
+    }
+}

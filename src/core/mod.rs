@@ -12,6 +12,7 @@ pub mod naming;
 pub mod neighbors;
 pub mod options;
 pub mod pipeline;
+pub mod plot;
 pub mod privacy;
 pub mod recommend;
 pub mod scaling;

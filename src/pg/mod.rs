@@ -6,6 +6,7 @@ mod catalog;
 mod error;
 mod gucs;
 mod live;
+mod plots;
 mod plans;
 mod source;
 
