@@ -29,7 +29,7 @@ for s in 0 1; do
                                                             amount numeric(12,2) NOT NULL, category text)" \
                                -c "CREATE INDEX ON orders_part (user_id)"
 done
-sql $c <<SQL
+sql $c >/dev/null <<SQL
 SET client_min_messages = warning;
 CREATE EXTENSION pg_segment;
 CREATE EXTENSION postgres_fdw;
