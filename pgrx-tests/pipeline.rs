@@ -157,3 +157,77 @@ fn pg_test_dbscan_leaves_noise_unassigned() {
     let eps: f64 = one("SELECT (metrics->>'eps')::float8 FROM segment.models WHERE model = 'p6'").unwrap();
     assert!(eps > 0.0);
 }
+
+/// The order features aggregate equals the window-function definition it replaced, for every
+/// order feature, with duplicates, NULL categories and a time zone, with and without dedupe.
+#[pg_test]
+fn pg_test_order_features_aggregate_equals_the_window_definition() {
+    demo("p9", 300);
+    Spi::run(
+        "INSERT INTO p9_orders (user_id, created_at, amount, category) \
+           SELECT user_id, created_at, amount, category FROM p9_orders WHERE order_id % 13 = 0; \
+         UPDATE p9_orders SET category = NULL WHERE order_id % 17 = 0",
+    )
+    .unwrap();
+    for dedupe in [false, true] {
+        Spi::run(&format!(
+            r#"SELECT count(*) FROM segment_users('p9_orders', 3, 'p9', options => '{{"as_of": "2026-06-01", "timezone": "America/New_York", "dedupe": {dedupe}}}')"#
+        ))
+        .unwrap();
+        let (f, k) = if dedupe { (" FILTER (WHERE NOT dup)", "NOT dup AND ") } else { ("", "") };
+        let tz = "'America/New_York'";
+        let asof = "'2026-06-01'::timestamptz";
+        let reference = format!(
+            "WITH o AS (SELECT user_id AS u, created_at AS t, amount::float8 AS a, category AS c, \
+                 extract(epoch FROM created_at - lag(created_at) OVER w) / 86400 AS gap, \
+                 coalesce(lag(created_at) OVER w = created_at AND lag(amount::float8) OVER w = amount::float8 \
+                          AND lag(category) OVER w IS NOT DISTINCT FROM category, false) AS dup \
+               FROM p9_orders WHERE created_at <= {asof} \
+               WINDOW w AS (PARTITION BY user_id ORDER BY created_at, amount::float8, category)) \
+             SELECT u AS user_id, ARRAY[ \
+                greatest(0, extract(epoch FROM {asof} - max(t){f}) / 86400), count(*){f}, sum(a){f}, avg(a){f}, \
+                greatest(0, extract(epoch FROM {asof} - min(t){f}) / 86400), \
+                coalesce(avg(gap){f}, greatest(0, extract(epoch FROM {asof} - min(t){f}) / 86400)), \
+                coalesce(stddev_pop(gap){f}, 0), \
+                count(*) FILTER (WHERE {k}t > {asof} - interval '30 days'), \
+                coalesce(sum(a) FILTER (WHERE {k}t > {asof} - interval '90 days'), 0), \
+                avg((extract(isodow FROM t AT TIME ZONE {tz}) >= 6)::int){f}, \
+                avg(sin(2 * pi() * extract(hour FROM t AT TIME ZONE {tz}) / 24)){f}, \
+                avg(cos(2 * pi() * extract(hour FROM t AT TIME ZONE {tz}) / 24)){f}]::float8[] AS f, \
+                count(*) FILTER (WHERE dup) AS duplicates \
+             FROM o GROUP BY u"
+        );
+        let mismatches: i64 = one(&format!(
+            "SELECT count(*) FROM segment.p9_users s JOIN ({reference}) r USING (user_id), \
+                    generate_series(1, 12) j \
+             WHERE abs(s.features[j] - r.f[j]) > 1e-9 * greatest(1, abs(r.f[j]))"
+        ))
+        .unwrap();
+        assert_eq!(mismatches, 0, "dedupe {dedupe}");
+        assert_eq!(one::<i64>("SELECT count(*) FROM segment.p9_users"), one::<i64>("SELECT count(DISTINCT user_id) FROM p9_orders"));
+        let dups: i64 = one(&format!("SELECT sum(duplicates)::int8 FROM ({reference}) r")).unwrap();
+        assert!(dups > 0);
+        assert_eq!(one::<i64>("SELECT (skipped->>'duplicates')::int8 FROM segment.current_models WHERE model = 'p9'"), Some(dups));
+        // category shares: (orders in it + 2 x prior) / (orders + 2), NULL and unlisted in "other"
+        let (cat_mismatches, compared): (i64, i64) = Spi::get_two(&format!(
+            "WITH spec AS (SELECT spec FROM segment.current_models WHERE model = 'p9'), \
+                  names AS (SELECT n - 1 AS pos, f->>'name' AS name FROM spec, jsonb_array_elements(spec->'features') WITH ORDINALITY x(f, n)), \
+                  cats AS (SELECT c->>'name' AS category, round((c->>'share')::numeric, 9) AS prior FROM spec, jsonb_array_elements(spec->'categories') c), \
+                  o AS (SELECT user_id, category, amount::float8 AS a, created_at AS t, \
+                          coalesce(lag(created_at) OVER w = created_at AND lag(amount::float8) OVER w = amount::float8 \
+                                   AND lag(category) OVER w IS NOT DISTINCT FROM category, false) AS dup \
+                        FROM p9_orders WHERE created_at <= {asof} \
+                        WINDOW w AS (PARTITION BY user_id ORDER BY created_at, amount::float8, category)), \
+                  expected AS (SELECT o.user_id, c.category, \
+                          ((count(*) FILTER (WHERE {k}o.category = c.category) + 2 * c.prior) / (count(*){f} + 2))::float8 AS share \
+                        FROM o CROSS JOIN cats c GROUP BY o.user_id, c.category, c.prior) \
+             SELECT count(*) FILTER (WHERE abs(s.features[n.pos + 1] - e.share) > 1e-9), count(*) \
+             FROM expected e JOIN names n ON n.name = 'category:' || e.category \
+                  JOIN segment.p9_users s ON s.user_id = e.user_id"
+        ))
+        .map(|(a, b)| (a.unwrap_or(-1), b.unwrap_or(0)))
+        .unwrap();
+        assert_eq!(cat_mismatches, 0, "category shares, dedupe {dedupe}");
+        assert!(compared >= 300 * 4, "every user and top category compared: {compared}");
+    }
+}

@@ -37,10 +37,19 @@ pub struct FeatureDef {
     /// Computed from the events source (`e`) rather than the orders.
     #[serde(skip)]
     pub from_events: bool,
+    /// For a category share: the category (None for "other") and its prior share.
+    #[serde(skip)]
+    pub category: Option<(Option<String>, f64)>,
 }
 
 fn def(name: &str, transform: Transform, impute: Impute, sql: impl Into<String>) -> FeatureDef {
-    FeatureDef { name: name.to_string(), transform, impute, weight: 1.0, sql: sql.into(), from_events: false }
+    FeatureDef { name: name.to_string(), transform, impute, weight: 1.0, sql: sql.into(), from_events: false, category: None }
+}
+
+/// An order feature: computed by the `_segment_order_features` aggregate
+/// (`core::order_features`), in this position of the catalogue.
+fn order(name: &str, transform: Transform, impute: Impute) -> FeatureDef {
+    def(name, transform, impute, "")
 }
 
 /// The features that are also stored as plainly named columns of the per-user table.
@@ -83,6 +92,8 @@ pub struct OrdersSql {
     pub time: String,
     pub amount: String,
     pub category: Option<String>,
+    /// The schema-qualified `_segment_order_features` aggregate (the extension's schema).
+    pub aggregate: String,
 }
 
 #[derive(Debug, Clone)]
@@ -171,59 +182,48 @@ pub struct TopCategory {
     pub share: f64,
 }
 
+/// Priors travel as text with 9 decimals: the same value on every path.
+fn rounded(share: f64) -> f64 {
+    format!("{share:.9}").parse().unwrap_or(share)
+}
+
 /// The feature catalogue for a source shape, in vector order.
 pub fn catalogue(categories: &[TopCategory], has_category: bool, events: bool) -> Vec<FeatureDef> {
     use Impute::*;
     use Transform::*;
-    // Every aggregate reads the cleaned, windowed rows `o`; `{f}` and `{k}` mark where the
-    // dedupe filter goes, `{asof}` and `{tz}` the reference time and the time zone.
+    // The order features, in the order `core::order_features::compute` returns them.
     let mut f = vec![
-        def("recency_days", Log, High, "greatest(0, extract(epoch FROM {asof} - max(t){f}) / 86400)"),
-        def("frequency", Log, Zero, "count(*){f}"),
-        def("monetary", Log, Zero, "sum(a){f}"),
-        def("avg_order_value", Log, Zero, "avg(a){f}"),
-        def("tenure_days", Log, Median, "greatest(0, extract(epoch FROM {asof} - min(t){f}) / 86400)"),
+        order("recency_days", Log, High),
+        order("frequency", Log, Zero),
+        order("monetary", Log, Zero),
+        order("avg_order_value", Log, Zero),
+        order("tenure_days", Log, Median),
         // A single order has no interval yet: the time since it is a lower bound on the next
         // one (a censored interval), which keeps one-order and two-order customers comparable.
-        def(
-            "interval_mean_days",
-            Log,
-            High,
-            "coalesce(avg(gap){f}, greatest(0, extract(epoch FROM {asof} - min(t){f}) / 86400))",
-        ),
-        def("interval_std_days", Log, Zero, "coalesce(stddev_pop(gap){f}, 0)"),
-        def("orders_30d", Log, Zero, "count(*) FILTER (WHERE {k}t > {asof} - interval '30 days')"),
-        def("monetary_90d", Log, Zero, "coalesce(sum(a) FILTER (WHERE {k}t > {asof} - interval '90 days'), 0)"),
-        def("weekend_share", Linear, Median, "avg((extract(isodow FROM t AT TIME ZONE {tz}) >= 6)::int){f}"),
-        def("hour_sin", Linear, Median, "avg(sin(2 * pi() * extract(hour FROM t AT TIME ZONE {tz}) / 24)){f}"),
-        def("hour_cos", Linear, Median, "avg(cos(2 * pi() * extract(hour FROM t AT TIME ZONE {tz}) / 24)){f}"),
+        order("interval_mean_days", Log, High),
+        order("interval_std_days", Log, Zero),
+        order("orders_30d", Log, Zero),
+        order("monetary_90d", Log, Zero),
+        order("weekend_share", Linear, Median),
+        order("hour_sin", Linear, Median),
+        order("hour_cos", Linear, Median),
     ];
     for t in f.iter_mut().filter(|f| ["weekend_share", "hour_sin", "hour_cos"].contains(&f.name.as_str())) {
         t.weight = 1.0 / 3f64.sqrt();
     }
     if has_category {
-        let smoothed = |matches: &str, prior: f64| {
-            format!(
-                "(count(*) FILTER (WHERE {{k}}{matches}) + {a} * {prior:.9}) / (count(*){{f}} + {a})",
-                a = CATEGORY_PRIOR_ORDERS
-            )
-        };
+        // Shares smoothed towards the population's mix: (orders in it + 2 x prior) / (orders + 2).
         for c in categories {
-            let matches = format!("c = {}", quote_literal(&c.name));
-            f.push(def(&format!("category:{}", c.name), Linear, Median, smoothed(&matches, c.share)));
+            let mut d = order(&format!("category:{}", c.name), Linear, Median);
+            d.category = Some((Some(c.name.clone()), rounded(c.share)));
+            f.push(d);
         }
-        let listed = if categories.is_empty() {
-            "true".to_string()
-        } else {
-            format!(
-                "(c IS NULL OR c NOT IN ({}))",
-                categories.iter().map(|c| quote_literal(&c.name)).collect::<Vec<_>>().join(", ")
-            )
-        };
         let other = (1.0 - categories.iter().map(|c| c.share).sum::<f64>()).max(0.0);
-        f.push(def("category:other", Linear, Median, smoothed(&listed, other)));
+        let mut d = order("category:other", Linear, Median);
+        d.category = Some((None, rounded(other)));
+        f.push(d);
         let weight = 1.0 / ((categories.len() + 1) as f64).sqrt();
-        for c in f.iter_mut().filter(|f| f.name.starts_with("category:")) {
+        for c in f.iter_mut().filter(|f| f.category.is_some()) {
             c.weight = weight;
         }
     }
@@ -279,34 +279,43 @@ pub fn features_select(
     let only = |col: &str| only_users.map(|c| format!(" AND {col} {c}")).unwrap_or_default();
     let asof = as_of.sql();
     let tz = quote_literal(timezone);
-    let (filter, keep) = if dedupe { (" FILTER (WHERE NOT dup)", "NOT dup AND ") } else { ("", "") };
-    let category = o.category.as_deref().map(|c| format!("({c})::text")).unwrap_or("NULL::text".into());
     let order_feats: Vec<&FeatureDef> = feats.iter().filter(|f| !f.from_events).collect();
-    let mut agg_cols = vec![
-        "user_id".to_string(),
-        "count(*) FILTER (WHERE dup) AS duplicates".to_string(),
-    ];
-    for f in &order_feats {
-        let expr = fill(&f.sql, &[("{asof}", &asof), ("{tz}", &tz), ("{k}", keep), ("{f}", filter)]);
-        agg_cols.push(format!("({expr})::float8 AS {}", quote_ident(&f.name)));
-    }
+    let slots: Vec<&(Option<String>, f64)> = order_feats.iter().filter_map(|f| f.category.as_ref()).collect();
+    let (slot, hash) = match &o.category {
+        Some(c) if !slots.is_empty() => {
+            let cases: Vec<String> = slots
+                .iter()
+                .enumerate()
+                .filter_map(|(i, (name, _))| name.as_ref().map(|n| format!("WHEN {} THEN {}", quote_literal(n), i + 1)))
+                .collect();
+            let slot = if cases.is_empty() { "NULL::int".to_string() } else { format!("CASE ({c})::text {} END", cases.join(" ")) };
+            (slot, format!("pg_catalog.hashtextextended(({c})::text, 0)"))
+        }
+        _ => ("NULL::int".to_string(), "NULL::int8".to_string()),
+    };
+    let priors: Vec<String> = slots.iter().map(|(_, p)| format!("{p:.9}")).collect();
+    let cols: Vec<String> = std::iter::once("f[1] AS duplicates".to_string())
+        .chain(order_feats.iter().enumerate().map(|(i, f)| format!("f[{}] AS {}", i + 2, quote_ident(&f.name))))
+        .collect();
     let orders_cte = format!(
-        "o AS (\
-           SELECT u AS user_id, t, a, c, \
-             extract(epoch FROM t - lag(t) OVER w) / 86400 AS gap, \
-             coalesce(lag(t) OVER w = t AND lag(a) OVER w = a \
-                      AND lag(c) OVER w IS NOT DISTINCT FROM c, false) AS dup \
-           FROM (SELECT {u} AS u, ({t})::timestamptz AS t, ({a})::float8 AS a, {category} AS c \
-                 FROM {rel} WHERE {pred}{only_orders}) s \
-           WINDOW w AS (PARTITION BY u ORDER BY t, a, c)), \
-         g AS (SELECT {cols} FROM o GROUP BY user_id)",
+        "g AS (\
+           SELECT user_id, {cols} FROM (\
+             SELECT u AS user_id, {agg}(t, a, slot, h, hr, w, {asof}, {asof} - interval '30 days', \
+                                        {asof} - interval '90 days', {priors}, {dedupe}) AS f \
+             FROM (SELECT {u} AS u, ({t})::timestamptz AS t, ({a})::float8 AS a, {slot} AS slot, {hash} AS h, \
+                          extract(hour FROM ({t})::timestamptz AT TIME ZONE {tz})::int AS hr, \
+                          extract(isodow FROM ({t})::timestamptz AT TIME ZONE {tz}) >= 6 AS w \
+                   FROM {rel} WHERE {pred}{only_orders}) s \
+             GROUP BY u) x)",
+        agg = o.aggregate,
         u = o.user,
         t = o.time,
         a = o.amount,
         rel = o.relation,
         pred = usable_order_predicate(o, as_of),
         only_orders = only(&o.user),
-        cols = agg_cols.join(", ")
+        priors = quote_literal(&priors.join(",")),
+        cols = cols.join(", ")
     );
     let order_names = order_feats.iter().map(|f| format!("g.{}", quote_ident(&f.name)));
     match events {
@@ -358,28 +367,6 @@ pub fn features_select(
     }
 }
 
-/// Replaces placeholders outside single-quoted literals, so a category named `{f}` stays
-/// a category name.
-fn fill(template: &str, subs: &[(&str, &str)]) -> String {
-    let mut out = String::with_capacity(template.len() + 64);
-    let mut in_literal = false;
-    let mut rest = template;
-    while let Some(ch) = rest.chars().next() {
-        if ch == '\'' {
-            in_literal = !in_literal; // a doubled quote toggles twice: still right
-        } else if !in_literal {
-            if let Some((from, to)) = subs.iter().find(|(from, _)| rest.starts_with(from)) {
-                out.push_str(to);
-                rest = &rest[from.len()..];
-                continue;
-            }
-        }
-        out.push(ch);
-        rest = &rest[ch.len_utf8()..];
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -408,36 +395,33 @@ mod tests {
         assert!(no_cat.iter().all(|f| !f.name.starts_with("category:")));
     }
 
-    #[test]
-    fn placeholders_are_not_replaced_inside_literals() {
-        assert_eq!(fill("avg((c = '{f}')::int){f}", &[("{f}", " F")]), "avg((c = '{f}')::int) F");
-        assert_eq!(fill("'it''s {k}' {k}", &[("{k}", "K")]), "'it''s {k}' K");
-    }
-
-    #[test]
-    fn dedupe_filters_every_aggregate() {
-        let o = OrdersSql {
+    fn orders(category: Option<&str>) -> OrdersSql {
+        OrdersSql {
             relation: "o".into(),
             user: "u".into(),
             time: "t".into(),
             amount: "a".into(),
-            category: None,
-        };
-        let feats = catalogue(&[], false, false);
+            category: category.map(quote_ident),
+            aggregate: "s._segment_order_features".into(),
+        }
+    }
+
+    #[test]
+    fn the_aggregate_gets_dedupe_and_every_category_slot() {
+        let o = orders(Some("cat"));
+        let cats = vec![TopCategory { name: "a".into(), share: 0.5 }, TopCategory { name: "b".into(), share: 0.25 }];
+        let feats = catalogue(&cats, true, false);
         let plain = features_sql("f", &o, None, &feats, AsOf::At(0.0), false, "UTC");
         let dedup = features_sql("f", &o, None, &feats, AsOf::At(0.0), true, "UTC");
-        assert!(!plain.contains("NOT dup"));
-        // every aggregate call of every feature is filtered
-        let placeholders = |f: &[FeatureDef]| -> usize {
-            f.iter().map(|f| f.sql.matches("{f}").count() + f.sql.matches("{k}").count()).sum()
-        };
-        assert!(placeholders(&feats) >= feats.len());
-        assert_eq!(dedup.matches("NOT dup").count(), placeholders(&feats));
-        let with_cats = catalogue(&[TopCategory { name: "a".into(), share: 0.5 }], true, false);
-        let dedup = features_sql("f", &o, None, &with_cats, AsOf::At(0.0), true, "UTC");
-        // category shares filter both their numerator and their denominator
-        assert_eq!(dedup.matches("NOT dup").count(), placeholders(&feats) + 4);
-        assert!(!dedup.contains("{f}") && !dedup.contains("{k}"));
+        assert!(plain.contains("'0.500000000,0.250000000,0.250000000', false)"), "{plain}");
+        assert!(dedup.contains(", true)"));
+        assert!(plain.contains("CASE (\"cat\")::text WHEN 'a' THEN 1 WHEN 'b' THEN 2 END"));
+        // one output column per order feature, in catalogue order after the duplicate count
+        assert!(plain.contains("f[1] AS duplicates, f[2] AS \"recency_days\""));
+        assert!(plain.contains(&format!("f[{}] AS \"category:other\"", feats.len() + 1)));
+        // without a category column nothing about categories reaches the aggregate
+        let none = features_sql("f", &orders(None), None, &catalogue(&[], false, false), AsOf::At(0.0), false, "UTC");
+        assert!(none.contains("NULL::int AS slot, NULL::int8 AS h") && none.contains("'', false)"));
     }
 
     #[test]
@@ -448,6 +432,7 @@ mod tests {
             time: quote_ident("ts"),
             amount: quote_ident("amt"),
             category: Some(quote_ident("cat")),
+            aggregate: "s._segment_order_features".into(),
         };
         let cats = vec![TopCategory { name: "it's".into(), share: 0.5 }, TopCategory { name: "home.garden".into(), share: 0.2 }];
         let feats = catalogue(&cats, true, false);

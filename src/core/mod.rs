@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod naming;
 pub mod neighbors;
 pub mod options;
+pub mod order_features;
 pub mod pipeline;
 pub mod plot;
 pub mod privacy;

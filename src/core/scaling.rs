@@ -139,7 +139,7 @@ mod tests {
     use super::*;
 
     fn def(name: &str, t: Transform, i: Impute) -> FeatureDef {
-        FeatureDef { name: name.into(), transform: t, impute: i, weight: 1.0, sql: String::new(), from_events: false }
+        FeatureDef { name: name.into(), transform: t, impute: i, weight: 1.0, sql: String::new(), from_events: false, category: None }
     }
 
     #[test]

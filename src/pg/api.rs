@@ -98,7 +98,7 @@ pub fn fit_model(args: &FitArgs, reason: &str) -> crate::core::error::Result<Vec
         live::Mode::parse(mode)?;
     }
     let as_of = source::as_of(opts)?;
-    let osql = orders.sql();
+    let osql = orders.sql()?;
     let since = catalog::quiesce(model)?;
 
     let mut skipped = source::skipped(&osql, as_of)?;

@@ -114,6 +114,7 @@ pub fn load(model: &str) -> Result<Rc<LiveModel>> {
         time: col("time").ok_or_else(|| broken(model, "no time column"))?,
         amount: col("amount").ok_or_else(|| broken(model, "no amount column"))?,
         category: col("category"),
+        aggregate: crate::pg::source::order_features_aggregate()?,
     };
     let events = match events_rel {
         Some(relation) => Some(EventsSql {
@@ -476,12 +477,7 @@ pub fn install(model: &str, mode: Mode) -> Result<()> {
     if mode == Mode::Off {
         return Ok(());
     }
-    let ext_schema: String = Spi::get_one(
-        "SELECT quote_ident(n.nspname) FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace \
-         WHERE e.extname = 'pg_segment'",
-    )
-    .map_err(from_spi)?
-    .unwrap_or_else(|| "public".into());
+    let ext_schema = crate::pg::source::extension_schema()?;
     let queue = quote_ident(&queue_table(model));
     let mut tables = vec![("orders", live.orders.relation.clone(), live.orders.user.clone())];
     if let Some(e) = &live.events {

@@ -1,5 +1,6 @@
 //! The pgrx layer: SQL functions, SPI, errors. It translates and delegates to `core`.
 
+mod aggregates;
 mod api;
 mod apps;
 mod catalog;

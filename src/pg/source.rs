@@ -106,15 +106,32 @@ impl Orders {
         Ok(Orders { rel, user, time, amount, category })
     }
 
-    pub fn sql(&self) -> OrdersSql {
-        OrdersSql {
+    pub fn sql(&self) -> Result<OrdersSql> {
+        Ok(OrdersSql {
             relation: self.rel.name.clone(),
             user: features::quote_ident(&self.user.name),
             time: features::quote_ident(&self.time.name),
             amount: features::quote_ident(&self.amount.name),
             category: self.category.as_ref().map(|c| features::quote_ident(&c.name)),
-        }
+            aggregate: order_features_aggregate()?,
+        })
     }
+}
+
+/// The extension's schema, quoted: statements that run with a pinned search_path (the live
+/// triggers) name pg_segment's functions with it.
+pub fn extension_schema() -> Result<String> {
+    Spi::get_one::<String>(
+        "SELECT pg_catalog.quote_ident(n.nspname) FROM pg_catalog.pg_extension e \
+         JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'pg_segment'",
+    )
+    .map_err(from_spi)
+    .map(|s| s.unwrap_or_else(|| "public".into()))
+}
+
+/// The schema-qualified order features aggregate.
+pub fn order_features_aggregate() -> Result<String> {
+    Ok(format!("{}._segment_order_features", extension_schema()?))
 }
 
 pub struct Events {

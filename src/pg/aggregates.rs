@@ -1,0 +1,203 @@
+//! `_segment_order_features(...)`: the order features of each user as an aggregate with
+//! combine, serialize and deserialize functions, PARALLEL SAFE, so PostgreSQL can split the scan
+//! of the orders over parallel workers (and a distributed planner could push it to its nodes)
+//! without sorting them by user first.
+//!
+//! The state is palloc'd in the aggregate's memory context (so hash aggregation accounts for
+//! it): the params of the statement and a growable array of `OrderRow`s. The features are
+//! computed by `core::order_features` when the group is finalized.
+
+use std::mem::size_of;
+
+use pgrx::datum::TimestampWithTimeZone;
+use pgrx::prelude::*;
+use pgrx::Internal;
+
+use crate::core::order_features::{self, OrderRow, Params, MAX_CATEGORY_SLOTS};
+
+#[repr(C)]
+struct State {
+    params: Params,
+    len: usize,
+    cap: usize,
+    rows: *mut OrderRow,
+}
+
+/// The aggregate's memory context (errors when called outside an aggregate).
+unsafe fn agg_context(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::MemoryContext {
+    let mut cxt: pg_sys::MemoryContext = std::ptr::null_mut();
+    if pg_sys::AggCheckCallContext(fcinfo, &mut cxt) == 0 {
+        error!("_segment_order_features support functions can only be called by the aggregate");
+    }
+    cxt
+}
+
+unsafe fn new_state(cxt: pg_sys::MemoryContext, params: Params, cap: usize) -> *mut State {
+    let state = pg_sys::MemoryContextAlloc(cxt, size_of::<State>()) as *mut State;
+    let cap = cap.max(4);
+    let rows = pg_sys::MemoryContextAlloc(cxt, cap * size_of::<OrderRow>()) as *mut OrderRow;
+    state.write(State { params, len: 0, cap, rows });
+    state
+}
+
+/// Appends rows, growing the array in its own memory context.
+unsafe fn push(state: &mut State, rows: &[OrderRow]) {
+    if state.len + rows.len() > state.cap {
+        let cap = (state.len + rows.len()).max(state.cap * 2);
+        state.rows = pg_sys::repalloc(state.rows.cast(), cap * size_of::<OrderRow>()) as *mut OrderRow;
+        state.cap = cap;
+    }
+    std::ptr::copy_nonoverlapping(rows.as_ptr(), state.rows.add(state.len), rows.len());
+    state.len += rows.len();
+}
+
+/// The state behind an `internal` argument (None before the first row).
+unsafe fn state_of(internal: &mut Internal) -> Option<*mut State> {
+    internal.get_mut::<State>().map(|s| s as *mut State)
+}
+
+fn parse_priors(priors: &str) -> ([f64; MAX_CATEGORY_SLOTS], usize) {
+    let mut out = [0.0; MAX_CATEGORY_SLOTS];
+    let mut n = 0;
+    for (slot, v) in priors.split(',').filter(|s| !s.trim().is_empty()).enumerate() {
+        if slot >= MAX_CATEGORY_SLOTS {
+            error!("pg_segment: more than {MAX_CATEGORY_SLOTS} category slots");
+        }
+        out[slot] = v.trim().parse().unwrap_or_else(|_| error!("pg_segment: invalid category prior \"{v}\""));
+        n = slot + 1;
+    }
+    (out, n)
+}
+
+#[allow(clippy::too_many_arguments)]
+#[pg_extern(name = "_segment_order_features_sfunc", immutable, parallel_safe)]
+fn sfunc(
+    mut state: Internal,
+    t: TimestampWithTimeZone,
+    amount: f64,
+    slot: Option<i32>,
+    category_hash: Option<i64>,
+    hour: i32,
+    weekend: bool,
+    as_of: TimestampWithTimeZone,
+    cut30: TimestampWithTimeZone,
+    cut90: TimestampWithTimeZone,
+    priors: &str,
+    dedupe: bool,
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> Internal {
+    unsafe {
+        let ptr = match state_of(&mut state) {
+            Some(s) => s,
+            None => {
+                let (priors, slots) = parse_priors(priors);
+                let params = Params {
+                    as_of: as_of.into_inner(),
+                    cut30: cut30.into_inner(),
+                    cut90: cut90.into_inner(),
+                    dedupe: dedupe as u64,
+                    slots: slots as u64,
+                    priors,
+                };
+                new_state(agg_context(fcinfo), params, 8)
+            }
+        };
+        let row = OrderRow::new(
+            t.into_inner(),
+            amount,
+            category_hash,
+            slot.unwrap_or(0).clamp(0, u16::MAX as i32) as u16,
+            hour.clamp(0, 23) as u8,
+            weekend,
+        );
+        push(&mut *ptr, &[row]);
+        Internal::from(Some(pg_sys::Datum::from(ptr)))
+    }
+}
+
+#[pg_extern(name = "_segment_order_features_combine", immutable, parallel_safe)]
+fn combine(mut a: Internal, mut b: Internal, fcinfo: pg_sys::FunctionCallInfo) -> Internal {
+    unsafe {
+        match (state_of(&mut a), state_of(&mut b)) {
+            (None, None) => Internal::from(None),
+            (Some(_), None) => a,
+            (None, Some(b)) => {
+                // the result must live in the aggregate's context: copy
+                let b = &*b;
+                let s = new_state(agg_context(fcinfo), b.params, b.len);
+                push(&mut *s, std::slice::from_raw_parts(b.rows, b.len));
+                Internal::from(Some(pg_sys::Datum::from(s)))
+            }
+            (Some(x), Some(y)) => {
+                let y = &*y;
+                push(&mut *x, std::slice::from_raw_parts(y.rows, y.len));
+                a
+            }
+        }
+    }
+}
+
+/// Serialized form: the params, then the rows, as raw bytes (both are `repr(C)` plain data, and
+/// serialized states never leave the server that wrote them).
+#[pg_extern(name = "_segment_order_features_serialize", immutable, parallel_safe, strict)]
+fn serialize(mut state: Internal) -> Vec<u8> {
+    unsafe {
+        let Some(s) = state_of(&mut state) else { return Vec::new() };
+        let s = &*s;
+        let mut out = Vec::with_capacity(size_of::<Params>() + s.len * size_of::<OrderRow>());
+        out.extend_from_slice(std::slice::from_raw_parts((&s.params as *const Params).cast::<u8>(), size_of::<Params>()));
+        out.extend_from_slice(std::slice::from_raw_parts(s.rows.cast::<u8>(), s.len * size_of::<OrderRow>()));
+        out
+    }
+}
+
+#[pg_extern(name = "_segment_order_features_deserialize", immutable, parallel_safe, strict)]
+fn deserialize(bytes: &[u8], _state: Internal, fcinfo: pg_sys::FunctionCallInfo) -> Internal {
+    unsafe {
+        if bytes.len() < size_of::<Params>() || (bytes.len() - size_of::<Params>()) % size_of::<OrderRow>() != 0 {
+            error!("pg_segment: corrupt order features state ({} bytes)", bytes.len());
+        }
+        let params = std::ptr::read_unaligned(bytes.as_ptr().cast::<Params>());
+        let n = (bytes.len() - size_of::<Params>()) / size_of::<OrderRow>();
+        let s = new_state(agg_context(fcinfo), params, n);
+        std::ptr::copy_nonoverlapping(bytes.as_ptr().add(size_of::<Params>()), (*s).rows.cast::<u8>(), n * size_of::<OrderRow>());
+        (*s).len = n;
+        Internal::from(Some(pg_sys::Datum::from(s)))
+    }
+}
+
+/// `[duplicates, order features...]` (see `core::order_features::compute`).
+#[pg_extern(name = "_segment_order_features_final", immutable, parallel_safe)]
+fn finalize(mut state: Internal) -> Option<Vec<f64>> {
+    unsafe {
+        let s = &mut *state_of(&mut state)?;
+        if s.len == 0 {
+            return None;
+        }
+        let rows = std::slice::from_raw_parts_mut(s.rows, s.len);
+        let (duplicates, mut features) = order_features::compute(rows, &s.params);
+        features.insert(0, duplicates);
+        Some(features)
+    }
+}
+
+extension_sql!(
+    r#"
+CREATE AGGREGATE _segment_order_features(
+    t timestamptz, amount float8, slot int, category_hash int8, hour int, weekend bool,
+    as_of timestamptz, cut30 timestamptz, cut90 timestamptz, priors text, dedupe bool)
+(
+    SFUNC = _segment_order_features_sfunc,
+    STYPE = internal,
+    FINALFUNC = _segment_order_features_final,
+    COMBINEFUNC = _segment_order_features_combine,
+    SERIALFUNC = _segment_order_features_serialize,
+    DESERIALFUNC = _segment_order_features_deserialize,
+    PARALLEL = SAFE
+);
+COMMENT ON AGGREGATE _segment_order_features(timestamptz, float8, int, int8, int, bool, timestamptz, timestamptz, timestamptz, text, bool) IS
+    'pg_segment internal: [duplicates, order features...] of one user''s usable orders';
+"#,
+    name = "order_features_aggregate",
+    requires = [sfunc, combine, serialize, deserialize, finalize]
+);
