@@ -1,6 +1,7 @@
 //! The pure pipeline: no PostgreSQL here (a test greps for it). Each module is unit-tested
 //! with plain `cargo test`.
 
+pub mod cells;
 pub mod clustering;
 pub mod detect;
 pub mod embedding;

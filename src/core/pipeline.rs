@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use ndarray::{Array2, ArrayView2, Axis};
 
+use super::cells;
 use super::clustering::{self, Clustering, KScore};
 use super::embedding::{self, EmbeddingReport, Encoder};
 use super::error::{ErrorKind, Result, SegError};
@@ -31,19 +32,28 @@ pub struct Model {
     /// ids of the segments it matched).
     #[serde(default)]
     pub segment_ids: Vec<i32>,
+    /// Cell centres of each segment (by centroid index), for lookalike search; empty for a
+    /// model fitted before cells existed.
+    #[serde(default)]
+    pub cells: Vec<Array2<f64>>,
+}
+
+/// Where a batch of users lands: embeddings, (segment id, distance) and cell per user.
+pub struct Placement {
+    pub embedding: Array2<f64>,
+    pub assigned: Vec<Option<(i32, f64)>>,
+    pub cells: Vec<Option<i32>>,
 }
 
 impl Model {
-    /// The segment id and distance for each user of a batch (`None` for DBSCAN noise).
-    pub fn assign(&self, columns: &[Vec<Option<f64>>]) -> (Array2<f64>, Vec<Option<(i32, f64)>>) {
+    /// The embedding, segment id, distance and cell of each user of a batch (`None` for
+    /// DBSCAN noise).
+    pub fn assign(&self, columns: &[Vec<Option<f64>>]) -> Placement {
         let e = self.embed(columns);
-        let assigned = self
-            .clustering
-            .assign(e.view())
-            .into_iter()
-            .map(|a| a.map(|(c, d)| (self.segment_id(c), d)))
-            .collect();
-        (e, assigned)
+        let by_index = self.clustering.assign(e.view());
+        let cells = cells::assign(&self.cells, e.view(), &clustering::labels_of(&by_index));
+        let assigned = by_index.into_iter().map(|a| a.map(|(c, d)| (self.segment_id(c), d))).collect();
+        Placement { embedding: e, assigned, cells }
     }
 
     pub fn segment_id(&self, index: usize) -> i32 {
@@ -97,6 +107,8 @@ pub struct FitResult {
     pub segments: Vec<Segment>,
     /// Per user: (segment index from 0, distance to its centroid), `None` for noise.
     pub assignments: Vec<Option<(usize, f64)>>,
+    /// Per user: cell within the segment (see `cells`).
+    pub cells: Vec<Option<i32>>,
     pub embeddings: Array2<f64>,
 }
 
@@ -190,6 +202,9 @@ pub fn fit(
         ),
     );
 
+    let cell_centres = cells::fit(e.view(), &labels, clusters.k(), opts.seed);
+    let user_cells = cells::assign(&cell_centres, e.view(), &labels);
+
     let feature_names: Vec<String> = features.iter().map(|f| f.name.clone()).collect();
     let weights: Vec<f64> = scaler.features.iter().map(|f| f.weight).collect();
     let segments = describe(x.view(), &weights, columns, &labels, clusters.k(), &feature_names);
@@ -210,10 +225,12 @@ pub fn fit(
             encoder,
             segment_ids: (1..=clusters.k() as i32).collect(),
             clustering: clusters,
+            cells: cell_centres,
         },
         report,
         segments,
         assignments,
+        cells: user_cells,
         embeddings: e,
     })
 }

@@ -289,7 +289,17 @@ fn store(
     let segment: Vec<Option<i32>> = fit.assignments.iter().map(|a| a.map(|(c, _)| fit.model.segment_id(c))).collect();
     let distance: Vec<Option<f64>> = fit.assignments.iter().map(|a| a.map(|(_, d)| d)).collect();
     let embedding: Vec<f32> = fit.embeddings.iter().map(|&v| v as f32).collect();
-    let moved_in = catalog::write_users(model, version, feature_names, segment, distance, embedding, fit.embeddings.ncols(), reason)?;
+    let moved_in = catalog::write_users(
+        model,
+        version,
+        feature_names,
+        segment,
+        distance,
+        fit.cells.clone(),
+        embedding,
+        fit.embeddings.ncols(),
+        reason,
+    )?;
 
     let mut rows: Vec<(i32, String, i64, f64, i64)> = fit
         .segments

@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use crate::core::error::{ErrorKind, Result, SegError};
 use crate::core::features::quote_ident;
-use crate::core::neighbors::{self, Ball, Nearest};
+use crate::core::neighbors::{self, Nearest};
 use crate::core::recommend::{self, Recommendation};
 use crate::pg::catalog::{self, history_table, queue_table, Current};
 use crate::pg::error::{from_spi, OrRaise};
@@ -177,53 +177,37 @@ pub fn similar_users(user_key: AnyElement, n: i32, model: &str) -> Result<(Vec<(
     })?;
     let Some((my_key, query)) = me else { return Ok((Vec::new(), 0)) };
 
-    let clustering = &live.fitted.clustering;
-    let ids: Vec<i32> = (0..clustering.k()).map(|i| live.fitted.segment_id(i)).collect();
-    let radii: Vec<Option<f64>> = Spi::get_one_with_args::<Vec<Option<f64>>>(
-        &format!("SELECT array_agg((SELECT max(distance) FROM segment.{t} WHERE segment_id = s) ORDER BY o) \
-                  FROM unnest($1::int[]) WITH ORDINALITY AS x(s, o)"),
-        &[ids.clone().into()],
-    )
-    .map_err(from_spi)?
-    .unwrap_or_default();
-    let balls: Vec<Ball> = ids
-        .iter()
-        .enumerate()
-        .filter_map(|(i, &id)| {
-            let centroid: Vec<f32> = clustering.centroids.row(i).iter().map(|&v| v as f32).collect();
-            let radius = radii.get(i).copied().flatten()?; // an empty segment has no members to find
-            Some(Ball { segment_id: id, to_query: neighbors::distance(&query, &centroid), radius })
-        })
+    let fitted = &live.fitted;
+    let centroids: Vec<(i32, Vec<f64>)> = (0..fitted.clustering.k())
+        .map(|i| (fitted.segment_id(i), fitted.clustering.centroids.row(i).to_vec()))
         .collect();
+    let cells: Vec<Vec<Vec<f64>>> =
+        fitted.cells.iter().map(|c| c.rows().into_iter().map(|r| r.to_vec()).collect()).collect();
+    let q: Vec<f64> = query.iter().map(|&v| v as f64).collect();
+    let regions = neighbors::plan(&q, &centroids, &cells);
 
     let mut best = Nearest::new(n);
-    let seed_sql = format!(
-        "(SELECT user_id::text, embedding FROM segment.{t} WHERE segment_id = $1 AND distance >= $2 ORDER BY distance LIMIT $3) \
-         UNION ALL \
-         (SELECT user_id::text, embedding FROM segment.{t} WHERE segment_id = $1 AND distance < $2 ORDER BY distance DESC LIMIT $3)"
-    );
-    let band_sql = format!("SELECT user_id::text, embedding FROM segment.{t} WHERE segment_id = $1 AND distance BETWEEN $2 AND $3");
+    let in_cell = format!("SELECT user_id::text, embedding FROM segment.{t} WHERE segment_id = $1 AND cell = $2");
+    let in_segment = format!("SELECT user_id::text, embedding FROM segment.{t} WHERE segment_id = $1");
     Spi::connect(|c| {
-        let scan = |sql: &str, args: &[DatumWithOid], best: &mut Nearest| -> Result<()> {
-            for r in c.select(sql, None, args).map_err(from_spi)? {
-                let key = r.get::<String>(1).map_err(from_spi)?.unwrap_or_default();
+        for r in regions {
+            if r.bound > best.bound() {
+                break; // regions come nearest-bound first: none of the rest can hold a closer user
+            }
+            let rows = match r.cell {
+                Some(cell) => c.select(&in_cell, None, &[r.segment_id.into(), cell.into()]),
+                None => c.select(&in_segment, None, &[r.segment_id.into()]),
+            }
+            .map_err(from_spi)?;
+            for row in rows {
+                let key = row.get::<String>(1).map_err(from_spi)?.unwrap_or_default();
                 if key == my_key {
                     continue;
                 }
-                if let Some(e) = r.get::<Vec<f32>>(2).map_err(from_spi)? {
+                if let Some(e) = row.get::<Vec<f32>>(2).map_err(from_spi)? {
                     best.offer(key, neighbors::distance(&query, &e));
                 }
             }
-            Ok(())
-        };
-        for ball in neighbors::search_order(balls) {
-            if !best.is_full() {
-                // the users whose distance to the centroid is closest to ours: a first bound
-                let args = [ball.segment_id.into(), ball.to_query.into(), (2 * n as i64 + 1).into()];
-                scan(&seed_sql, &args, &mut best)?;
-            }
-            let Some((lo, hi)) = ball.band(best.bound()) else { continue };
-            scan(&band_sql, &[ball.segment_id.into(), lo.into(), hi.into()], &mut best)?;
         }
         Ok::<_, SegError>(())
     })?;

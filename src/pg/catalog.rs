@@ -166,12 +166,13 @@ pub fn ensure_users_table(model: &str, key_type: &str) -> Result<bool> {
            user_id {key_type} PRIMARY KEY, \
            segment_id int, \
            distance float8, \
+           cell int, \
            model_version int NOT NULL, \
            {rfm}, \
            features float8[] NOT NULL, \
            embedding real[] NOT NULL, \
            updated_at timestamptz NOT NULL DEFAULT now()); \
-         CREATE INDEX ON segment.{t} (segment_id, distance); \
+         CREATE INDEX ON segment.{t} (segment_id, cell); \
          COMMENT ON TABLE segment.{t} IS {comment}; \
          CREATE VIEW segment.{v} AS \
            SELECT u.user_id, u.segment_id, c.name AS segment, u.distance, u.model_version, u.updated_at \
@@ -395,6 +396,7 @@ pub fn write_users(
     feature_names: &[String],
     segment: Vec<Option<i32>>,
     distance: Vec<Option<f64>>,
+    cells: Vec<Option<i32>>,
     embedding: Vec<f32>,
     dims: usize,
     reason: &str,
@@ -411,17 +413,17 @@ pub fn write_users(
     Spi::run(&format!("DELETE FROM segment.{t}")).map_err(from_spi)?;
     Spi::run_with_args(
         &format!(
-            "INSERT INTO segment.{t} (user_id, segment_id, distance, model_version, {rfm_names}, features, embedding) \
-             SELECT f.user_id, a.segment_id, a.distance, $1, {rfm}, ARRAY[{all}], \
+            "INSERT INTO segment.{t} (user_id, segment_id, distance, cell, model_version, {rfm_names}, features, embedding) \
+             SELECT f.user_id, a.segment_id, a.distance, a.cell, $1, {rfm}, ARRAY[{all}], \
                     $4[(f.rn - 1) * $5 + 1 : f.rn * $5] \
              FROM {work} f \
-             JOIN unnest($2::int[], $3::float8[]) WITH ORDINALITY AS a(segment_id, distance, rn) ON a.rn = f.rn",
+             JOIN unnest($2::int[], $3::float8[], $6::int[]) WITH ORDINALITY AS a(segment_id, distance, cell, rn) ON a.rn = f.rn",
             rfm_names = RFM_COLUMNS.join(", "),
             rfm = rfm.join(", "),
             all = all.join(", "),
             work = crate::pg::source::WORK_TABLE,
         ),
-        &[version.into(), segment.into(), distance.into(), embedding.into(), (dims as i64).into()],
+        &[version.into(), segment.into(), distance.into(), embedding.into(), (dims as i64).into(), cells.into()],
     )
     .map_err(from_spi)?;
     let changes = crate::pg::live::record_changes(

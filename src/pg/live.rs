@@ -251,7 +251,8 @@ fn upsert(live: &LiveModel, found: &[String], columns: &[Vec<Option<f64>>], reas
     if found.is_empty() {
         return Ok(Vec::new());
     }
-    let (embedding, assigned) = live.fitted.assign(columns);
+    let placed = live.fitted.assign(columns);
+    let (embedding, assigned) = (&placed.embedding, &placed.assigned);
     let n_feats = columns.len();
     // Missing values travel as NaN (no feature is ever NaN): an array with NULLs would make every
     // subscript below scan the array from its start.
@@ -271,13 +272,13 @@ fn upsert(live: &LiveModel, found: &[String], columns: &[Vec<Option<f64>>], reas
            FROM unnest($1::text[], $2::int[], $3::float8[]) WITH ORDINALITY AS x(k, s, d, i)), \
          old AS (SELECT u.user_id, u.segment_id FROM segment.{t} u JOIN input USING (user_id)), \
          up AS ( \
-           INSERT INTO segment.{t} AS u (user_id, segment_id, distance, model_version, {rfm_names}, \
+           INSERT INTO segment.{t} AS u (user_id, segment_id, distance, cell, model_version, {rfm_names}, \
                                          features, embedding, updated_at) \
-           SELECT user_id, segment_id, distance, $4, {rfm}, \
+           SELECT user_id, segment_id, distance, nullif($10[i], -1), $4, {rfm}, \
                   ARRAY(SELECT nullif(v, 'NaN') FROM unnest($5[(i - 1) * $6 + 1 : i * $6]) WITH ORDINALITY AS f(v, n) ORDER BY n), \
                   $7[(i - 1) * $8 + 1 : i * $8], clock_timestamp() \
            FROM input \
-           ON CONFLICT (user_id) DO UPDATE SET segment_id = EXCLUDED.segment_id, distance = EXCLUDED.distance, \
+           ON CONFLICT (user_id) DO UPDATE SET segment_id = EXCLUDED.segment_id, distance = EXCLUDED.distance, cell = EXCLUDED.cell, \
              model_version = EXCLUDED.model_version, {rfm_set}, features = EXCLUDED.features, \
              embedding = EXCLUDED.embedding, updated_at = EXCLUDED.updated_at \
            RETURNING u.user_id, u.segment_id), \
@@ -296,7 +297,7 @@ fn upsert(live: &LiveModel, found: &[String], columns: &[Vec<Option<f64>>], reas
         rfm_set = RFM_COLUMNS.iter().map(|c| format!("{c} = EXCLUDED.{c}")).collect::<Vec<_>>().join(", "),
     );
     Spi::connect_mut(|c| {
-        let args: [DatumWithOid; 9] = [
+        let args: [DatumWithOid; 10] = [
             found.to_vec().into(),
             segment.into(),
             distance.into(),
@@ -306,8 +307,10 @@ fn upsert(live: &LiveModel, found: &[String], columns: &[Vec<Option<f64>>], reas
             flat_embedding.into(),
             dims.into(),
             reason.into(),
+            // no NULLs in a subscripted array (see flat_features)
+            placed.cells.iter().map(|c| c.unwrap_or(-1)).collect::<Vec<i32>>().into(),
         ];
-        let types = [TEXT_ARRAY, INT4_ARRAY, FLOAT8_ARRAY, INT4, FLOAT8_ARRAY, INT8, FLOAT4_ARRAY, INT8, TEXT];
+        let types = [TEXT_ARRAY, INT4_ARRAY, FLOAT8_ARRAY, INT4, FLOAT8_ARRAY, INT8, FLOAT4_ARRAY, INT8, TEXT, INT4_ARRAY];
         collect_changes(plans::execute(c, &sql, &types, &args)?)
     })
 }
@@ -632,7 +635,8 @@ pub fn refresh(model: &str, refit: Option<bool>) -> Result<Vec<SegmentRow>> {
     );
     let (columns, _, _) = crate::pg::source::compute_features(&sql, &live.feats)?;
     let users = columns.first().map_or(0, Vec::len);
-    let (embedding, assigned) = live.fitted.assign(&columns);
+    let placed = live.fitted.assign(&columns);
+    let (embedding, assigned) = (&placed.embedding, &placed.assigned);
     catalog::lock_model(model)?;
     let touched = catalog::touched_since(model, since)?;
     let names: Vec<String> = live.feats.iter().map(|f| f.name.clone()).collect();
@@ -642,6 +646,7 @@ pub fn refresh(model: &str, refit: Option<bool>) -> Result<Vec<SegmentRow>> {
         &names,
         assigned.iter().map(|a| a.map(|(s, _)| s)).collect(),
         assigned.iter().map(|a| a.map(|(_, d)| d)).collect(),
+        placed.cells.clone(),
         embedding.iter().map(|&v| v as f32).collect(),
         embedding.ncols(),
         "refresh",
