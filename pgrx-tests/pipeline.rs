@@ -231,3 +231,45 @@ fn pg_test_order_features_aggregate_equals_the_window_definition() {
         assert!(compared >= 300 * 4, "every user and top category compared: {compared}");
     }
 }
+
+/// Both aggregates give the same answer in parallel workers (partial states serialized,
+/// deserialized and combined) as in one process.
+#[pg_test]
+fn pg_test_aggregates_are_equal_in_parallel_and_serial_plans() {
+    demo("p10", 2000);
+    Spi::run(&format!("SELECT count(*) FROM segment_users('p10_orders', 4, 'p10', options => '{{{AS_OF}}}')")).unwrap();
+    let features = "SELECT md5(string_agg(user_id || ':' || f::text, ',' ORDER BY user_id)) FROM ( \
+          SELECT user_id, _segment_order_features(created_at, amount::float8, NULL::int, pg_catalog.hashtextextended(category, 0), \
+                   extract(hour FROM created_at)::int, false, '2026-06-01', '2026-05-01', '2026-03-01', '', false) AS f \
+          FROM p10_orders GROUP BY user_id) s";
+    let step = "SELECT _segment_kmeans_step(embedding, \
+                  (SELECT array_agg(value ORDER BY segment_id, dimension) FROM segment.centroid_values WHERE model = 'p10') ::float8[], 4) \
+                FROM segment.p10_users";
+    Spi::run("SET max_parallel_workers_per_gather = 0").unwrap();
+    let serial_features: String = one(features).unwrap();
+    let serial_step: Vec<f64> = one(step).unwrap();
+    Spi::run(
+        "SET parallel_setup_cost = 0; SET parallel_tuple_cost = 0; SET min_parallel_table_scan_size = 0; \
+         SET min_parallel_index_scan_size = 0; SET max_parallel_workers_per_gather = 2; SET enable_indexscan = off",
+    )
+    .unwrap();
+    let plan: String = Spi::connect(|c| {
+        c.select(&format!("EXPLAIN {features}"), None, &[]).unwrap().filter_map(|r| r.get::<String>(1).ok().flatten()).collect::<Vec<_>>().join("\n")
+    });
+    assert!(plan.contains("Partial") && plan.contains("Gather"), "{plan}");
+    assert_eq!(one::<String>(features).unwrap(), serial_features);
+    let parallel_step: Vec<f64> = one(step).unwrap();
+    assert_eq!(parallel_step.len(), serial_step.len());
+    for (p, s) in parallel_step.iter().zip(&serial_step) {
+        assert!((p - s).abs() <= 1e-9 * s.abs().max(1.0), "{p} vs {s}");
+    }
+    // users per centroid: the nearest centroid is the segment
+    let counts: Vec<i64> = Spi::get_one::<Vec<i64>>("SELECT array_agg(n ORDER BY segment_id) FROM (SELECT segment_id, count(*) AS n FROM segment.p10_users GROUP BY 1) s").unwrap().unwrap();
+    let dims = (serial_step.len() - 1) / 4 - 1; // (dims + 1) per centroid, then the inertia
+    let stride = (serial_step.len() - 1) / 4;
+    assert!(dims > 0);
+    let step_counts: Vec<i64> = (0..4).map(|i| serial_step[i * stride] as i64).collect();
+    assert_eq!(step_counts, counts);
+    // segment_drift reports each centroid's shift: right after the fit, the centroids are their members' means
+    assert_eq!(one::<i64>("SELECT count(*) FROM segment_drift('p10') WHERE metric = 'centroid_shift' AND value < 0.05"), Some(4));
+}

@@ -54,6 +54,19 @@ impl Clustering {
     }
 }
 
+/// The nearest of `k` centroids stored row-major in `centroids` (`dims` each) and its squared
+/// distance: the assignment step of k-means, for callers holding plain slices.
+pub fn nearest_row(centroids: &[f64], dims: usize, x: &[f64]) -> (usize, f64) {
+    let mut best = (0, f64::INFINITY);
+    for (c, row) in centroids.chunks_exact(dims.max(1)).enumerate() {
+        let d: f64 = row.iter().zip(x).map(|(a, b)| (a - b) * (a - b)).sum();
+        if d < best.1 {
+            best = (c, d);
+        }
+    }
+    best
+}
+
 /// Mean of the rows of each cluster (zeros for an empty one) and the cluster sizes.
 pub fn cluster_means(x: ArrayView2<f64>, labels: &[Option<usize>], k: usize) -> (Array2<f64>, Vec<usize>) {
     let mut means = Array2::<f64>::zeros((k, x.ncols()));

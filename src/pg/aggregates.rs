@@ -201,3 +201,165 @@ COMMENT ON AGGREGATE _segment_order_features(timestamptz, float8, int, int8, int
     name = "order_features_aggregate",
     requires = [sfunc, combine, serialize, deserialize, finalize]
 );
+
+// ---------------------------------------------------------------------------------------------
+// `_segment_kmeans_step(embedding, centroids, k)`: one Lloyd step as an aggregate. Each row is
+// added to its nearest centroid's sum; the result is, per centroid, `[users, sum...]`, then the
+// total squared distance (inertia). Partial sums combine by addition, so the step runs in
+// parallel workers (or, distributed, on each node) and only k x (dims + 1) numbers travel.
+
+#[repr(C)]
+struct StepHeader {
+    k: u64,
+    dims: u64,
+}
+
+/// Header, then `centroids` (k x dims) and `acc` (k x (dims + 1) + 1), all in one palloc'd block.
+struct Step {
+    header: *mut StepHeader,
+}
+
+impl Step {
+    unsafe fn alloc(cxt: pg_sys::MemoryContext, k: usize, dims: usize) -> Step {
+        let bytes = size_of::<StepHeader>() + (k * dims + k * (dims + 1) + 1) * size_of::<f64>();
+        let header = pg_sys::MemoryContextAllocZero(cxt, bytes) as *mut StepHeader;
+        header.write(StepHeader { k: k as u64, dims: dims as u64 });
+        Step { header }
+    }
+
+    unsafe fn from_internal(internal: &mut Internal) -> Option<Step> {
+        internal.get_mut::<StepHeader>().map(|h| Step { header: h as *mut StepHeader })
+    }
+
+    fn shape(&self) -> (usize, usize) {
+        unsafe { ((*self.header).k as usize, (*self.header).dims as usize) }
+    }
+
+    unsafe fn floats(&self) -> &mut [f64] {
+        let (k, d) = self.shape();
+        std::slice::from_raw_parts_mut(self.header.add(1).cast::<f64>(), k * d + k * (d + 1) + 1)
+    }
+
+    fn bytes(&self) -> usize {
+        let (k, d) = self.shape();
+        size_of::<StepHeader>() + (k * d + k * (d + 1) + 1) * size_of::<f64>()
+    }
+}
+
+#[pg_extern(name = "_segment_kmeans_step_sfunc", immutable, parallel_safe)]
+fn step_sfunc(
+    mut state: Internal,
+    embedding: Option<Vec<Option<f32>>>,
+    centroids: Vec<f64>,
+    k: i32,
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> Internal {
+    unsafe {
+        let Some(e) = embedding else { return state };
+        let e: Vec<f64> = e.into_iter().map(|v| v.map_or(f64::NAN, f64::from)).collect();
+        let step = match Step::from_internal(&mut state) {
+            Some(s) => s,
+            None => {
+                let k = k.max(1) as usize;
+                if centroids.len() != k * e.len() {
+                    error!("pg_segment: {} centroid values for k = {k} and {} dimensions", centroids.len(), e.len());
+                }
+                let s = Step::alloc(agg_context(fcinfo), k, e.len());
+                s.floats()[..centroids.len()].copy_from_slice(&centroids);
+                s
+            }
+        };
+        let (k, d) = step.shape();
+        if e.len() != d || e.iter().any(|v| !v.is_finite()) {
+            return Internal::from(Some(pg_sys::Datum::from(step.header)));
+        }
+        let f = step.floats();
+        let (cents, acc) = f.split_at_mut(k * d);
+        let (c, d2) = crate::core::clustering::nearest_row(cents, d, &e);
+        acc[c * (d + 1)] += 1.0;
+        for (j, v) in e.iter().enumerate() {
+            acc[c * (d + 1) + 1 + j] += v;
+        }
+        acc[k * (d + 1)] += d2;
+        Internal::from(Some(pg_sys::Datum::from(step.header)))
+    }
+}
+
+#[pg_extern(name = "_segment_kmeans_step_combine", immutable, parallel_safe)]
+fn step_combine(mut a: Internal, mut b: Internal, fcinfo: pg_sys::FunctionCallInfo) -> Internal {
+    unsafe {
+        match (Step::from_internal(&mut a), Step::from_internal(&mut b)) {
+            (None, None) => Internal::from(None),
+            (Some(_), None) => a,
+            (None, Some(y)) => {
+                let (k, d) = y.shape();
+                let s = Step::alloc(agg_context(fcinfo), k, d);
+                s.floats().copy_from_slice(y.floats());
+                Internal::from(Some(pg_sys::Datum::from(s.header)))
+            }
+            (Some(x), Some(y)) => {
+                if x.shape() != y.shape() {
+                    error!("pg_segment: k-means partial states of different shapes");
+                }
+                let (k, d) = x.shape();
+                for (p, q) in x.floats()[k * d..].iter_mut().zip(&y.floats()[k * d..]) {
+                    *p += q;
+                }
+                a
+            }
+        }
+    }
+}
+
+#[pg_extern(name = "_segment_kmeans_step_serialize", immutable, parallel_safe, strict)]
+fn step_serialize(mut state: Internal) -> Vec<u8> {
+    unsafe {
+        let Some(s) = Step::from_internal(&mut state) else { return Vec::new() };
+        std::slice::from_raw_parts(s.header.cast::<u8>(), s.bytes()).to_vec()
+    }
+}
+
+#[pg_extern(name = "_segment_kmeans_step_deserialize", immutable, parallel_safe, strict)]
+fn step_deserialize(bytes: &[u8], _state: Internal, fcinfo: pg_sys::FunctionCallInfo) -> Internal {
+    unsafe {
+        if bytes.len() < size_of::<StepHeader>() {
+            error!("pg_segment: corrupt k-means state ({} bytes)", bytes.len());
+        }
+        let h = std::ptr::read_unaligned(bytes.as_ptr().cast::<StepHeader>());
+        let s = Step::alloc(agg_context(fcinfo), h.k as usize, h.dims as usize);
+        if bytes.len() != s.bytes() {
+            error!("pg_segment: corrupt k-means state ({} bytes)", bytes.len());
+        }
+        std::ptr::copy_nonoverlapping(bytes.as_ptr(), s.header.cast::<u8>(), bytes.len());
+        Internal::from(Some(pg_sys::Datum::from(s.header)))
+    }
+}
+
+/// Per centroid `[users, sum of each dimension...]`, then the inertia.
+#[pg_extern(name = "_segment_kmeans_step_final", immutable, parallel_safe)]
+fn step_final(mut state: Internal) -> Option<Vec<f64>> {
+    unsafe {
+        let s = Step::from_internal(&mut state)?;
+        let (k, d) = s.shape();
+        Some(s.floats()[k * d..].to_vec())
+    }
+}
+
+extension_sql!(
+    r#"
+CREATE AGGREGATE _segment_kmeans_step(embedding real[], centroids float8[], k int)
+(
+    SFUNC = _segment_kmeans_step_sfunc,
+    STYPE = internal,
+    FINALFUNC = _segment_kmeans_step_final,
+    COMBINEFUNC = _segment_kmeans_step_combine,
+    SERIALFUNC = _segment_kmeans_step_serialize,
+    DESERIALFUNC = _segment_kmeans_step_deserialize,
+    PARALLEL = SAFE
+);
+COMMENT ON AGGREGATE _segment_kmeans_step(real[], float8[], int) IS
+    'pg_segment internal: one k-means (Lloyd) step: per centroid [users, sums...], then the inertia';
+"#,
+    name = "kmeans_step_aggregate",
+    requires = [step_sfunc, step_combine, step_serialize, step_deserialize, step_final]
+);

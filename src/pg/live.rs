@@ -763,6 +763,43 @@ fn live_truncate(model: &str) {
     apply(model, &keys, "truncate").or_raise();
 }
 
+/// How far each centroid of the current version has moved: the distance from the stored
+/// centroid to the mean of the users nearest to it now (one k-means step over the users table,
+/// run as the parallel `_segment_kmeans_step` aggregate), with those users' count.
+#[pg_extern(name = "_segment_centroid_shift", stable, parallel_safe)]
+fn centroid_shift(model: &str) -> TableIterator<'static, (name!(segment_id, i32), name!(users, i64), name!(shift, Option<f64>))> {
+    TableIterator::new(centroid_shift_rows(model).or_raise())
+}
+
+fn centroid_shift_rows(model: &str) -> Result<Vec<(i32, i64, Option<f64>)>> {
+    catalog::check_model_name(model)?;
+    let live = load(model)?;
+    let c = &live.fitted.clustering.centroids;
+    let (k, d) = (c.nrows(), c.ncols());
+    let flat: Vec<f64> = c.iter().copied().collect();
+    let acc: Option<Vec<f64>> = Spi::get_one_with_args(
+        &format!(
+            "SELECT {}._segment_kmeans_step(embedding, $1, $2) FROM segment.{}",
+            crate::pg::source::extension_schema()?,
+            quote_ident(&users_table(model))
+        ),
+        &[flat.into(), (k as i32).into()],
+    )
+    .map_err(from_spi)?;
+    let acc = acc.unwrap_or_default();
+    Ok((0..k)
+        .map(|i| {
+            let id = live.fitted.segment_id(i);
+            let Some(block) = acc.get(i * (d + 1)..(i + 1) * (d + 1)) else { return (id, 0, None) };
+            let n = block[0];
+            let shift = (n > 0.0).then(|| {
+                block[1..].iter().zip(c.row(i)).map(|(s, c)| (s / n - c).powi(2)).sum::<f64>().sqrt()
+            });
+            (id, n as i64, shift)
+        })
+        .collect())
+}
+
 /// Pending work of a model's queue.
 #[pg_extern(name = "_segment_queue_stats", stable, parallel_safe)]
 fn queue_stats(
@@ -809,6 +846,8 @@ BEGIN
                (SELECT count(DISTINCT user_id) FROM %3$s WHERE model_version = %4$s AND reason NOT IN ('fit', 'refit'))::float8
                / greatest(1, (SELECT count(*) FROM %2$s))
         UNION ALL
+        (SELECT 'centroid_shift', s.segment_id, s.shift FROM @extschema@._segment_centroid_shift(%5$L) s ORDER BY s.segment_id)
+        UNION ALL
         (SELECT 'size_shift', c.segment_id, (count(u.user_id) - c.users)::float8 / greatest(c.users, 1)
          FROM segment.centroids c LEFT JOIN %2$s u ON u.segment_id = c.segment_id
          WHERE c.model = %5$L AND c.version = %4$s
@@ -817,8 +856,8 @@ BEGIN
 END
 $fn$;
 COMMENT ON FUNCTION segment_drift(text) IS
-    'mean distance to the centroid now vs at fit, share of users who changed segment since, size shift per segment';
+    'mean distance to the centroid now vs at fit, share of users who changed segment since, centroid and size shift per segment';
 "#,
     name = "live_status_view",
-    requires = [queue_stats, "bootstrap"]
+    requires = [queue_stats, centroid_shift, "bootstrap"]
 );
