@@ -17,6 +17,7 @@ cleanup() {
     rm -rf "$work"
 }
 trap cleanup EXIT
+[ -n "${SHARDS_DEBUG:-}" ] && trap - EXIT
 for i in 0 1 2; do
     pg "$bin/initdb" -D "$work/${names[$i]}" --auth=trust -U postgres >/dev/null
     pg "$bin/pg_ctl" -D "$work/${names[$i]}" -l "$work/${names[$i]}.log" -w \
@@ -25,7 +26,10 @@ done
 sql() { local port=$1; shift; pg psql -X -q -At -v ON_ERROR_STOP=1 -h "$work" -p "$port" -d postgres "$@"; }
 c=$base_port
 for s in 0 1; do
-    sql $((base_port + 1 + s)) -c "CREATE TABLE orders_part (order_id bigint, user_id bigint NOT NULL, created_at timestamptz NOT NULL,
+    # pg_segment on the shards too, so its aggregates can run there (postgres_fdw ships
+    # functions of the extensions named in the server's `extensions` option)
+    sql $((base_port + 1 + s)) -c "SET client_min_messages = warning" -c "CREATE EXTENSION pg_segment" \
+                               -c "CREATE TABLE orders_part (order_id bigint, user_id bigint NOT NULL, created_at timestamptz NOT NULL,
                                                             amount numeric(12,2) NOT NULL, category text)" \
                                -c "CREATE INDEX ON orders_part (user_id)"
 done
@@ -37,8 +41,8 @@ SELECT count(*) FROM segment_demo(4000, 5, '2026-06-01', 'one');
 CREATE TABLE orders (order_id bigint, user_id bigint NOT NULL, created_at timestamptz NOT NULL,
                      amount numeric(12,2) NOT NULL, category text) PARTITION BY HASH (user_id);
 DO \$\$ BEGIN FOR s IN 0..1 LOOP
-    EXECUTE format('CREATE SERVER shard%s FOREIGN DATA WRAPPER postgres_fdw OPTIONS (host %L, port %L, dbname %L)',
-                   s, '127.0.0.1', ($base_port + 1 + s)::text, 'postgres');
+    EXECUTE format('CREATE SERVER shard%s FOREIGN DATA WRAPPER postgres_fdw OPTIONS (host %L, port %L, dbname %L, extensions %L)',
+                   s, '127.0.0.1', ($base_port + 1 + s)::text, 'postgres', 'pg_segment');
     EXECUTE format('CREATE USER MAPPING FOR CURRENT_USER SERVER shard%s OPTIONS (user %L)', s, 'postgres');
     EXECUTE format('CREATE FOREIGN TABLE orders_%s PARTITION OF orders FOR VALUES WITH (MODULUS 2, REMAINDER %s)
                     SERVER shard%s OPTIONS (table_name %L)', s, s, s, 'orders_part');

@@ -107,17 +107,33 @@ pub struct EventsSql {
 /// Reference time for recency and the recent-activity windows.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum AsOf {
-    /// Seconds since the epoch (PostgreSQL computed it, so it is exact).
-    At(f64),
+    /// Seconds since the epoch, and the starts of the 30- and 90-day windows (PostgreSQL
+    /// computed all three, in the session's time zone). As constants, the whole features
+    /// statement is immutable: a distributed planner may ship it to the nodes holding the data.
+    At { epoch: f64, cut30: f64, cut90: f64 },
     /// The transaction's time: what live updates use.
     Now,
 }
 
 impl AsOf {
+    /// A reference time with windows of exactly 30 and 90 x 24 hours (tests).
+    pub fn at(epoch: f64) -> AsOf {
+        AsOf::At { epoch, cut30: epoch - 30.0 * 86_400.0, cut90: epoch - 90.0 * 86_400.0 }
+    }
+
     fn sql(self) -> String {
         match self {
-            AsOf::At(epoch) => format!("to_timestamp({epoch:.6})"),
+            AsOf::At { epoch, .. } => format!("to_timestamp({epoch:.6})"),
             AsOf::Now => "now()".to_string(),
+        }
+    }
+
+    /// The start of the `days`-day window (30 or 90).
+    fn window_start(self, days: u32) -> String {
+        match self {
+            AsOf::At { cut30, .. } if days == 30 => format!("to_timestamp({cut30:.6})"),
+            AsOf::At { cut90, .. } if days == 90 => format!("to_timestamp({cut90:.6})"),
+            _ => format!("{} - interval '{days} days'", self.sql()),
         }
     }
 }
@@ -300,21 +316,23 @@ pub fn features_select(
     let orders_cte = format!(
         "g AS (\
            SELECT user_id, {cols} FROM (\
-             SELECT u AS user_id, {agg}(t, a, slot, h, hr, w, {asof}, {asof} - interval '30 days', \
-                                        {asof} - interval '90 days', {priors}, {dedupe}) AS f \
+             SELECT u AS user_id, {agg}(t, a, slot, h, hr, w, {asof}, {cut30}, {cut90}, {priors}, {dedupe}) AS f \
              FROM (SELECT {u} AS u, ({t})::timestamptz AS t, ({a})::float8 AS a, {slot} AS slot, {hash} AS h, \
                           extract(hour FROM ({t})::timestamptz AT TIME ZONE {tz})::int AS hr, \
                           extract(isodow FROM ({t})::timestamptz AT TIME ZONE {tz}) >= 6 AS w \
                    FROM {rel} WHERE {pred}{only_orders}) s \
              GROUP BY u) x)",
         agg = o.aggregate,
+        cut30 = as_of.window_start(30),
+        cut90 = as_of.window_start(90),
         u = o.user,
         t = o.time,
         a = o.amount,
         rel = o.relation,
         pred = usable_order_predicate(o, as_of),
         only_orders = only(&o.user),
-        priors = quote_literal(&priors.join(",")),
+        // float8[], not text: an argument with a collation would keep postgres_fdw from shipping the aggregate
+        priors = format!("'{{{}}}'::float8[]", priors.join(",")),
         cols = cols.join(", ")
     );
     let order_names = order_feats.iter().map(|f| format!("g.{}", quote_ident(&f.name)));
@@ -411,17 +429,17 @@ mod tests {
         let o = orders(Some("cat"));
         let cats = vec![TopCategory { name: "a".into(), share: 0.5 }, TopCategory { name: "b".into(), share: 0.25 }];
         let feats = catalogue(&cats, true, false);
-        let plain = features_sql("f", &o, None, &feats, AsOf::At(0.0), false, "UTC");
-        let dedup = features_sql("f", &o, None, &feats, AsOf::At(0.0), true, "UTC");
-        assert!(plain.contains("'0.500000000,0.250000000,0.250000000', false)"), "{plain}");
+        let plain = features_sql("f", &o, None, &feats, AsOf::at(0.0), false, "UTC");
+        let dedup = features_sql("f", &o, None, &feats, AsOf::at(0.0), true, "UTC");
+        assert!(plain.contains("'{0.500000000,0.250000000,0.250000000}'::float8[], false)"), "{plain}");
         assert!(dedup.contains(", true)"));
         assert!(plain.contains("CASE (\"cat\")::text WHEN 'a' THEN 1 WHEN 'b' THEN 2 END"));
         // one output column per order feature, in catalogue order after the duplicate count
         assert!(plain.contains("f[1] AS duplicates, f[2] AS \"recency_days\""));
         assert!(plain.contains(&format!("f[{}] AS \"category:other\"", feats.len() + 1)));
         // without a category column nothing about categories reaches the aggregate
-        let none = features_sql("f", &orders(None), None, &catalogue(&[], false, false), AsOf::At(0.0), false, "UTC");
-        assert!(none.contains("NULL::int AS slot, NULL::int8 AS h") && none.contains("'', false)"));
+        let none = features_sql("f", &orders(None), None, &catalogue(&[], false, false), AsOf::at(0.0), false, "UTC");
+        assert!(none.contains("NULL::int AS slot, NULL::int8 AS h") && none.contains("'{}'::float8[], false)"));
     }
 
     #[test]
@@ -436,7 +454,7 @@ mod tests {
         };
         let cats = vec![TopCategory { name: "it's".into(), share: 0.5 }, TopCategory { name: "home.garden".into(), share: 0.2 }];
         let feats = catalogue(&cats, true, false);
-        let sql = features_sql("pg_temp.f", &o, None, &feats, AsOf::At(0.0), false, "UTC");
+        let sql = features_sql("pg_temp.f", &o, None, &feats, AsOf::at(0.0), false, "UTC");
         assert!(sql.contains("\"Customer\" AS u"));
         assert!(sql.contains("'it''s'"));
         assert!(sql.contains("AS \"category:it's\""));

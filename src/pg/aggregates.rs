@@ -56,17 +56,15 @@ unsafe fn state_of(internal: &mut Internal) -> Option<*mut State> {
     internal.get_mut::<State>().map(|s| s as *mut State)
 }
 
-fn parse_priors(priors: &str) -> ([f64; MAX_CATEGORY_SLOTS], usize) {
+fn read_priors(priors: &pgrx::datum::Array<f64>) -> ([f64; MAX_CATEGORY_SLOTS], usize) {
     let mut out = [0.0; MAX_CATEGORY_SLOTS];
-    let mut n = 0;
-    for (slot, v) in priors.split(',').filter(|s| !s.trim().is_empty()).enumerate() {
-        if slot >= MAX_CATEGORY_SLOTS {
-            error!("pg_segment: more than {MAX_CATEGORY_SLOTS} category slots");
-        }
-        out[slot] = v.trim().parse().unwrap_or_else(|_| error!("pg_segment: invalid category prior \"{v}\""));
-        n = slot + 1;
+    if priors.len() > MAX_CATEGORY_SLOTS {
+        error!("pg_segment: more than {MAX_CATEGORY_SLOTS} category slots");
     }
-    (out, n)
+    for (slot, v) in priors.iter().enumerate() {
+        out[slot] = v.unwrap_or(0.0);
+    }
+    (out, priors.len())
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -82,7 +80,7 @@ fn sfunc(
     as_of: TimestampWithTimeZone,
     cut30: TimestampWithTimeZone,
     cut90: TimestampWithTimeZone,
-    priors: &str,
+    priors: pgrx::datum::Array<f64>,
     dedupe: bool,
     fcinfo: pg_sys::FunctionCallInfo,
 ) -> Internal {
@@ -90,7 +88,7 @@ fn sfunc(
         let ptr = match state_of(&mut state) {
             Some(s) => s,
             None => {
-                let (priors, slots) = parse_priors(priors);
+                let (priors, slots) = read_priors(&priors);
                 let params = Params {
                     as_of: as_of.into_inner(),
                     cut30: cut30.into_inner(),
@@ -185,7 +183,7 @@ extension_sql!(
     r#"
 CREATE AGGREGATE _segment_order_features(
     t timestamptz, amount float8, slot int, category_hash int8, hour int, weekend bool,
-    as_of timestamptz, cut30 timestamptz, cut90 timestamptz, priors text, dedupe bool)
+    as_of timestamptz, cut30 timestamptz, cut90 timestamptz, priors float8[], dedupe bool)
 (
     SFUNC = _segment_order_features_sfunc,
     STYPE = internal,
@@ -195,7 +193,7 @@ CREATE AGGREGATE _segment_order_features(
     DESERIALFUNC = _segment_order_features_deserialize,
     PARALLEL = SAFE
 );
-COMMENT ON AGGREGATE _segment_order_features(timestamptz, float8, int, int8, int, bool, timestamptz, timestamptz, timestamptz, text, bool) IS
+COMMENT ON AGGREGATE _segment_order_features(timestamptz, float8, int, int8, int, bool, timestamptz, timestamptz, timestamptz, float8[], bool) IS
     'pg_segment internal: [duplicates, order features...] of one user''s usable orders';
 "#,
     name = "order_features_aggregate",

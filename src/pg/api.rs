@@ -146,7 +146,7 @@ pub fn fit_model(args: &FitArgs, reason: &str) -> crate::core::error::Result<Vec
         "events": events.as_ref().map(|e| json!({
             "table": e.rel.name, "user": e.user.name, "time": e.time.name, "type": e.event_type.name,
         })),
-        "as_of": match as_of { features::AsOf::At(epoch) => json!(epoch), features::AsOf::Now => json!("now") },
+        "as_of": match as_of { features::AsOf::At { epoch, .. } => json!(epoch), features::AsOf::Now => json!("now") },
         "categories": categories.iter().map(|c| json!({"name": c.name, "share": c.share})).collect::<Vec<_>>(),
         "features": fit.model.features,
         "options": opts,

@@ -186,13 +186,17 @@ impl Events {
 /// Reference time in epoch seconds: `as_of` from the options, or now(). Also checks the
 /// `timezone` option (PostgreSQL raises 22023 for an unknown zone, 22007 for a bad as_of).
 pub fn as_of(opts: &Options) -> Result<AsOf> {
-    let v: Option<f64> = Spi::get_one_with_args(
-        "SELECT extract(epoch FROM coalesce($1::timestamptz, now()))::float8 \
-         WHERE (now() AT TIME ZONE $2) IS NOT NULL",
+    let v: Option<Vec<f64>> = Spi::get_one_with_args(
+        "SELECT ARRAY[extract(epoch FROM t), extract(epoch FROM t - interval '30 days'), \
+                      extract(epoch FROM t - interval '90 days')]::float8[] \
+         FROM (SELECT coalesce($1::timestamptz, now()) AS t) s WHERE (now() AT TIME ZONE $2) IS NOT NULL",
         &[opts.as_of.clone().into(), opts.timezone.clone().into()],
     )
     .map_err(from_spi)?;
-    Ok(AsOf::At(v.unwrap_or(0.0)))
+    match v.as_deref() {
+        Some(&[epoch, cut30, cut90]) => Ok(AsOf::At { epoch, cut30, cut90 }),
+        _ => Ok(AsOf::at(0.0)),
+    }
 }
 
 pub fn top_categories(o: &OrdersSql, as_of: AsOf) -> Result<Vec<TopCategory>> {
