@@ -104,6 +104,23 @@ fn training_failed(e: impl std::fmt::Display) -> SegError {
     SegError::new(ErrorKind::TrainingFailed, "k-means failed").detail(e.to_string())
 }
 
+/// One k-means run (k-means++ seeding, at most `max_iter` iterations) and its inertia: what
+/// `make bench` compares with scikit-learn's `KMeans(n_init=1)` on the same matrix.
+pub fn kmeans_single(x: ArrayView2<f64>, k: usize, max_iter: usize, seed: u64) -> Result<(Array2<f64>, f64)> {
+    let data = DatasetBase::from(x.to_owned());
+    let centroids = KMeans::params_with_rng(k, Xoshiro256Plus::seed_from_u64(seed))
+        .n_runs(1)
+        .max_n_iterations(max_iter as u64)
+        .tolerance(1e-4)
+        .init_method(KMeansInit::KMeansPlusPlus)
+        .fit(&data)
+        .map(|m| m.centroids().clone())
+        .map_err(training_failed)?;
+    let cl = Clustering { centroids: centroids.clone(), radii: None };
+    let inertia = super::metrics::inertia(x, &labels_of(&cl.assign(x)), &centroids);
+    Ok((centroids, inertia))
+}
+
 /// K-means with k-means++ seeding; the best of `runs` initialisations by inertia.
 pub fn kmeans(x: ArrayView2<f64>, k: usize, runs: usize, seed: u64) -> Result<Array2<f64>> {
     kmeans_from(x, k, runs, seed, None)

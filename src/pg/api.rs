@@ -474,6 +474,35 @@ fn describe(model: &str, epsilon: Option<f64>) -> crate::core::error::Result<Vec
         .collect())
 }
 
+/// Times pg_segment's k-means alone on a model's stored embeddings (one k-means++ start, at most
+/// `max_iter` iterations): the P2 comparison of `make bench` with scikit-learn on the same matrix.
+#[pg_extern(name = "_segment_kmeans_benchmark", volatile, parallel_unsafe)]
+fn kmeans_benchmark(
+    model: &str,
+    k: i32,
+    max_iter: default!(i32, 300),
+) -> TableIterator<'static, (name!(seconds, f64), name!(inertia, f64), name!(users, i64), name!(dims, i32))> {
+    catalog::check_model_name(model).or_raise();
+    let cur = catalog::current(model).or_raise();
+    if !(2..=256).contains(&k) || max_iter < 1 {
+        raise(SegError::invalid("k must be between 2 and 256 and max_iter at least 1"));
+    }
+    let rows: Vec<Vec<f32>> = Spi::connect(|c| {
+        let t = c.select(&format!("SELECT embedding FROM segment.{} ORDER BY user_id", quote_ident(&cur.users_table)), None, &[])?;
+        let mut out = Vec::new();
+        for r in t {
+            out.push(r.get::<Vec<f32>>(1)?.unwrap_or_default());
+        }
+        Ok::<_, pgrx::spi::Error>(out)
+    })
+    .or_raise();
+    let dims = rows.first().map_or(0, Vec::len);
+    let x = ndarray::Array2::from_shape_fn((rows.len(), dims), |(i, j)| rows[i][j] as f64);
+    let started = std::time::Instant::now();
+    let (_, inertia) = crate::core::clustering::kmeans_single(x.view(), k as usize, max_iter as usize, 42).or_raise();
+    TableIterator::once((started.elapsed().as_secs_f64(), inertia, rows.len() as i64, dims as i32))
+}
+
 extension_sql!(
     r#"
 CREATE FUNCTION segment_users(

@@ -1,0 +1,124 @@
+#!/usr/bin/env bash
+# Batch-path benchmarks at scale, as ratios against baselines measured in the same run:
+#   P1 segment_users() end to end vs a plain GROUP BY user aggregate over the same orders
+#   P5 segment_refresh() after 1% of the customers ordered vs a full segment_users()
+#   P6 peak memory (VmHWM) of the backend running segment_users, and its wall time
+#   lookalikes: segment_similar_users latency and users read, at this scale
+# Usage: bench_batch.sh <users> <reps> <out.md>. Uses database pg_segment_bench_batch.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+users=$1 reps=$2 out=$3
+db=pg_segment_bench_batch
+pg_bin=/usr/lib/postgresql/15/bin
+work=$(mktemp -d /tmp/pg_segment_bench_batch.XXXXXX); chmod 755 "$work"; [ "$(id -u)" = 0 ] && chown postgres:postgres "$work"
+trap 'rm -rf "$work"' EXIT
+psql() { "$here/as-postgres.sh" psql -X -q -v ON_ERROR_STOP=1 -d "$db" "$@"; }
+"$here/as-postgres.sh" psql -X -q -c "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db"
+
+echo "== batch data: $users customers"
+t0=$(date +%s)
+psql -c "SET client_min_messages = warning" -c "CREATE EXTENSION pg_segment" \
+     -c "SELECT count(*) FROM segment_demo($users, 42, '2026-06-01')" -c "VACUUM ANALYZE demo_orders" >/dev/null
+orders=$(psql -At -c "SELECT count(*) FROM demo_orders")
+echo "generated $orders orders in $(( $(date +%s) - t0 )) s"
+
+# one timed statement in a fresh session: prints "<seconds> <peak RSS kB of the backend>"
+timed() {
+    psql -At <<SQL | tail -1
+SET client_min_messages = warning;
+SELECT pg_backend_pid() AS pid \gset
+SELECT extract(epoch FROM clock_timestamp()) AS t0 \gset
+$1;
+SELECT round((extract(epoch FROM clock_timestamp()) - :t0)::numeric, 3) AS s \gset
+\setenv BPID :pid
+\setenv SECS :s
+\! echo "\$SECS \$(awk '/VmHWM/ {print \$2}' /proc/\$BPID/status)"
+SQL
+}
+fit="SELECT count(*) FROM segment_users('demo_orders', options => '{\"as_of\": \"2026-06-01\"}')"
+aggregate="SELECT count(*) FROM (SELECT user_id, count(*), sum(amount), max(created_at), min(created_at) FROM demo_orders GROUP BY user_id) s"
+timed "$aggregate" >/dev/null   # warm the cache for both
+: > "$work/agg"; : > "$work/fit"; : > "$work/rss"
+for r in $(seq 1 "$reps"); do
+    timed "$aggregate" | awk '{print $1}' >> "$work/agg"
+    read -r s rss < <(timed "$fit")
+    echo "$s" >> "$work/fit"; echo "$rss" >> "$work/rss"
+done
+echo "aggregate s: $(tr '\n' ' ' < "$work/agg") segment_users s: $(tr '\n' ' ' < "$work/fit") rss kB: $(tr '\n' ' ' < "$work/rss")"
+plan=$(psql -At -c "EXPLAIN SELECT user_id, _segment_order_features(created_at, amount::float8, NULL::int, NULL::int8, 0, false,
+                            now(), now(), now(), '{}', false) FROM demo_orders GROUP BY user_id" | tr '\n' ' ')
+parallel=$(grep -q "Partial" <<<"$plan" && echo yes || echo no)
+
+# P5: 1% of the customers order again (live off), then refresh vs a full fit
+: > "$work/refresh"; : > "$work/refit"
+for r in $(seq 1 "$reps"); do
+    psql -c "INSERT INTO demo_orders (user_id, created_at, amount, category)
+             SELECT user_id, '2026-05-31', 42, 'books' FROM demo_personas WHERE user_id % 100 = $r" >/dev/null
+    timed "SELECT count(*) FROM segment_refresh()" | awk '{print $1}' >> "$work/refresh"
+    timed "$fit" | awk '{print $1}' >> "$work/refit"
+done
+echo "refresh s: $(tr '\n' ' ' < "$work/refresh") full fit s: $(tr '\n' ' ' < "$work/refit")"
+
+# P2: pg_segment's k-means vs scikit-learn's on the same 16-dim embedding matrix, k = 8, one
+# k-means++ start each, at most 300 iterations, tolerance 1e-4
+root=$(cd "$here/.." && pwd)
+venv=$root/bench/venv
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import sklearn" 2>/dev/null; then
+    echo "installing scikit-learn into $venv (PyPI)"
+    python3 -m venv "$venv" && "$venv/bin/pip" install -q numpy scikit-learn
+fi
+psql -c "SET client_min_messages = warning" \
+     -c "SELECT count(*) FROM segment_users('demo_orders', 8, 'p2', options => '{\"as_of\": \"2026-06-01\", \"dims\": 16}')" >/dev/null
+psql -c "COPY (SELECT array_to_string(embedding, ',') FROM segment.p2_users ORDER BY user_id) TO '$work/embeddings.csv'"
+: > "$work/ours"; : > "$work/sklearn"; : > "$work/ours_inertia"; : > "$work/sklearn_inertia"
+for r in $(seq 1 "$reps"); do
+    psql -At -F ' ' -c "SELECT round(seconds::numeric, 3), round(inertia::numeric, 4) FROM _segment_kmeans_benchmark('p2', 8, 300)" | {
+        read -r sec inertia; echo "$sec" >> "$work/ours"; echo "$inertia" >> "$work/ours_inertia"; }
+    "$venv/bin/python" - "$work/embeddings.csv" <<'PY' | { read -r sec inertia; echo "$sec" >> "$work/sklearn"; echo "$inertia" >> "$work/sklearn_inertia"; }
+import sys, time
+import numpy as np
+from sklearn.cluster import KMeans
+x = np.loadtxt(sys.argv[1], delimiter=",", dtype=np.float64)
+t = time.perf_counter()
+km = KMeans(n_clusters=8, init="k-means++", n_init=1, max_iter=300, tol=1e-4, random_state=42).fit(x)
+print(f"{time.perf_counter() - t:.3f} {km.inertia_:.4f}")
+PY
+done
+echo "kmeans s ours: $(tr '\n' ' ' < "$work/ours") sklearn: $(tr '\n' ' ' < "$work/sklearn")"
+
+# lookalikes at this scale
+cat > "$work/similar.sql" <<SQL
+\set u random(1, $users)
+SELECT count(*) FROM segment_similar_users(:u::int8, 10);
+SQL
+lat=$("$here/as-postgres.sh" "$pg_bin/pgbench" -n -c 1 -T 10 -f "$work/similar.sql" "$db" 2>/dev/null | awk '/^latency average/ {print $4; exit}')
+examined=$(psql -At -c "SET client_min_messages = debug1" \
+    -c "SELECT count(*) FROM (SELECT segment_similar_users(u::int8, 10) FROM generate_series(1, $users, $users / 20) u) s" 2>&1 \
+    | awk '/examined/ {s += $(NF-1); n++} END {if (n) printf "%.0f", s / n}')
+echo "lookalikes: $lat ms, $examined users read"
+
+m() { sort -g "$work/$1" | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
+s() { sort -g "$work/$1" | awk 'NR==1 {lo=$1} {hi=$1} END {printf "%s–%s", lo, hi}'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }
+rss_mb=$(awk '{print int($1 / 1024)}' <<<"$(m rss)")
+cat > "$out" <<MD
+## Batch pipeline at $users customers (issue: performance)
+
+**Data:** \`segment_demo($users, 42, '2026-06-01')\`: $orders orders (events generated too, not
+used here), model fitted on the orders with \`as_of\` fixed. Medians of $reps runs, spread in
+brackets; each timed statement runs in a fresh session after one warm-up read of the table.
+
+| | baseline | pg_segment | ratio | target |
+|---|---|---|---|---|
+| P1 \`segment_users()\` end to end vs plain \`GROUP BY user\` aggregate (count, sum, max, min) | $(m agg) s [$(s agg)] | $(m fit) s [$(s fit)] | **$(ratio "$(m fit)" "$(m agg)")×** | ≤ 1.5× |
+| P5 \`segment_refresh()\` after 1% of customers ordered vs full \`segment_users()\` | $(m refit) s [$(s refit)] | $(m refresh) s [$(s refresh)] | **$(ratio "$(m refresh)" "$(m refit)")** | ≤ 0.05 |
+| P2 k-means alone, k = 8, 16 dims, one k-means++ start, ≤ 300 iterations: time vs scikit-learn \`KMeans(n_init=1)\` | $(m sklearn) s [$(s sklearn)] | $(m ours) s [$(s ours)] | **$(ratio "$(m ours)" "$(m sklearn)")×** | ≤ 1.0× |
+| P2 same runs: inertia vs scikit-learn's | $(m sklearn_inertia) | $(m ours_inertia) | **$(awk -v a="$(m ours_inertia)" -v b="$(m sklearn_inertia)" 'BEGIN {printf "%.4f", a / b}')×** | ≤ 1.005× |
+| P6 peak RSS (VmHWM) of the backend running \`segment_users\` | | $rss_mb MiB [$(s rss) kB] | | ≤ 2 GiB |
+| lookalikes: 10 nearest users of a random customer (1 client, 10 s) | | $lat ms, $examined of $users users read | | interactive |
+
+The order features aggregate runs in parallel workers here: $parallel (EXPLAIN of the
+features aggregate shows partial aggregation). Where the time of a fit goes is printed by
+\`segment_users\` itself (NOTICEs per phase); see the notes below the tables.
+MD
+echo "wrote $out"
