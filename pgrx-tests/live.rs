@@ -126,13 +126,18 @@ fn pg_test_history_records_membership_changes() {
     // a new customer enters, a customer whose orders are all deleted (and has no events) leaves
     Spi::run("INSERT INTO v3_orders (user_id, created_at, amount, category) VALUES (777777, now(), 30, 'books')").unwrap();
     assert_eq!(one::<i64>("SELECT count(*) FROM segment.v3_history WHERE user_id = 777777 AND from_segment IS NULL"), Some(1));
-    // sizes over time add up to the current sizes
+    // sizes over time add up to the current sizes (every size reported: minimum size 1)
+    Spi::run("SET pg_segment.min_segment_size = 1").unwrap();
     assert_eq!(
         one::<i64>("SELECT count(*) FROM (SELECT DISTINCT ON (segment_id) segment_id, users FROM segment.v3_sizes_daily ORDER BY segment_id, day DESC) d \
                     FULL JOIN (SELECT segment_id, count(*) AS users FROM segment.v3_users GROUP BY 1) u USING (segment_id) \
                     WHERE d.users IS DISTINCT FROM u.users AND coalesce(d.users, 0) + coalesce(u.users, 0) > 0"),
         Some(0)
     );
+    // a segment smaller than pg_segment.min_segment_size is left out of the BI view
+    Spi::run("SET pg_segment.min_segment_size = 100000").unwrap();
+    assert_eq!(one::<i64>("SELECT count(*) FROM segment.v3_sizes_daily"), Some(0));
+    Spi::run("RESET pg_segment.min_segment_size").unwrap();
     let changed: f64 = one("SELECT value FROM segment_drift('v3') WHERE metric = 'changed_since_fit'").unwrap();
     assert!(changed > 0.0 && changed < 0.05, "{changed}");
     Spi::run("DELETE FROM v3_orders WHERE user_id = 777777").unwrap();

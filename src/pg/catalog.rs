@@ -195,9 +195,11 @@ pub fn ensure_users_table(model: &str, key_type: &str) -> Result<bool> {
              SELECT changed_at::date AS day, to_segment AS segment_id, 1 AS delta FROM segment.{h} WHERE to_segment IS NOT NULL \
              UNION ALL \
              SELECT changed_at::date, from_segment, -1 FROM segment.{h} WHERE from_segment IS NOT NULL), \
-           daily AS (SELECT day, segment_id, sum(delta) AS delta FROM moves GROUP BY 1, 2) \
-           SELECT day, segment_id, (sum(delta) OVER (PARTITION BY segment_id ORDER BY day))::bigint AS users \
-           FROM daily; \
+           daily AS (SELECT day, segment_id, sum(delta) AS delta FROM moves GROUP BY 1, 2), \
+           sizes AS (SELECT day, segment_id, (sum(delta) OVER (PARTITION BY segment_id ORDER BY day))::bigint AS users \
+                     FROM daily) \
+           SELECT day, segment_id, users FROM sizes \
+           WHERE users >= coalesce(nullif(pg_catalog.current_setting('pg_segment.min_segment_size', true), '')::int, 10); \
          COMMENT ON VIEW segment.{sv} IS {svcomment}; \
          CREATE TABLE segment.{q} (\
            user_id {key_type} PRIMARY KEY, \
@@ -208,7 +210,9 @@ pub fn ensure_users_table(model: &str, key_type: &str) -> Result<bool> {
         comment = quote_literal(&format!("pg_segment model {model}: features, embedding and segment per user")),
         vcomment = quote_literal(&format!("pg_segment model {model}: segment id and name per user")),
         hcomment = quote_literal(&format!("pg_segment model {model}: every segment membership change")),
-        svcomment = quote_literal(&format!("pg_segment model {model}: segment sizes at the end of each day with changes")),
+        svcomment = quote_literal(&format!(
+            "pg_segment model {model}: segment sizes at the end of each day with changes (sizes below pg_segment.min_segment_size are left out)"
+        )),
         qcomment = quote_literal(&format!("pg_segment model {model}: users waiting for segment_process (async live mode)")),
     ))
     .map_err(from_spi)?;
