@@ -133,7 +133,7 @@ pub fn fit(
     let n = columns.first().map_or(0, Vec::len);
     let started = Instant::now();
     let say = |progress: &mut dyn Progress, what: String| {
-        progress.phase(&format!("{what} ({:.1} s)", started.elapsed().as_secs_f64()))
+        progress.phase(&format!("{what} ({:.1} s into training)", started.elapsed().as_secs_f64()))
     };
     validate_k(k, n, opts)?;
 

@@ -100,6 +100,8 @@ pub fn fit_model(args: &FitArgs, reason: &str) -> crate::core::error::Result<Vec
     let as_of = source::as_of(opts)?;
     let osql = orders.sql()?;
     let since = catalog::quiesce(model)?;
+    let started = std::time::Instant::now();
+    let took = || format!("{:.1} s", started.elapsed().as_secs_f64());
 
     let mut skipped = source::skipped(&osql, as_of)?;
     let categories = source::top_categories(&osql, as_of)?;
@@ -107,7 +109,7 @@ pub fn fit_model(args: &FitArgs, reason: &str) -> crate::core::error::Result<Vec
     let sql = features::features_sql(WORK_TABLE, &osql, events.as_ref().map(Events::sql).as_ref(), &feats, as_of, opts.dedupe, &opts.timezone);
     let (columns, duplicates, counted) = source::compute_features(&sql, &feats)?;
     let users = columns.first().map_or(0, Vec::len);
-    notice!("pg_segment: features for {users} users from {} order rows", skipped.total);
+    notice!("pg_segment: features for {users} users from {} order rows ({} into the call)", skipped.total, took());
     skipped.duplicates = duplicates;
     skipped.duplicates_removed = opts.dedupe;
     let rows_used = counted + if opts.dedupe { duplicates } else { 0 };
@@ -155,7 +157,7 @@ pub fn fit_model(args: &FitArgs, reason: &str) -> crate::core::error::Result<Vec
     let rows = store(&stored, &feature_names, &orders, events.as_ref(), users, rows_used, rows_skipped, &skipped, reason)?;
     // live writers that committed after the fit's snapshot: apply them under the new version
     live::apply(model, &touched, "order")?;
-    notice!("pg_segment: model \"{model}\" version {version} stored: {} segments", fit.segments.len());
+    notice!("pg_segment: model \"{model}\" version {version} stored: {} segments ({} into the call)", fit.segments.len(), took());
     Ok(rows)
 }
 
