@@ -90,6 +90,9 @@ PY
 done
 echo "kmeans s ours: $(tr '\n' ' ' < "$work/ours") sklearn: $(tr '\n' ' ' < "$work/sklearn")"
 
+# one more fit with its progress NOTICEs: where the time of a fit goes
+phases=$(psql -c "SET client_min_messages = notice" -c "$fit" 2>&1 | sed -n 's/^NOTICE:  pg_segment: //p' | grep -E "into the call|into training")
+
 # lookalikes at this scale
 cat > "$work/similar.sql" <<SQL
 \set u random(1, $users)
@@ -123,7 +126,38 @@ brackets; each timed statement runs in a fresh session after one warm-up read of
 | lookalikes: 10 nearest users of a random customer (1 client, 10 s) | | $lat ms, $examined of $users users read | | interactive |
 
 The order features aggregate runs in parallel workers here: $parallel (EXPLAIN of the
-features aggregate shows partial aggregation). Where the time of a fit goes is printed by
-\`segment_users\` itself (NOTICEs per phase); see the notes below the tables.
+features aggregate shows partial aggregation).
+
+Where the time of one fit goes (its progress NOTICEs; \`into the call\` counts from the start of
+\`segment_users\`, \`into training\` from the end of the features phase):
+
+\`\`\`
+$phases
+\`\`\`
+
+### Where the time goes, and what would close the gaps (batch)
+
+- **P1.** Before training: three reads of the orders (skipped rows by reason, top categories,
+  then the features statement with the parallel order-features aggregate; each read alone costs
+  about one baseline), the \`row_number()\` sort that numbers the users, materialising the
+  features in a temporary table and reading them into the backend over SPI. Then training,
+  clustering, evaluation and cells (cell assignment of every user is the largest Rust item in a
+  \`perf\` profile of the backend). Then storing: deleting and inserting a row per user with
+  its feature and embedding arrays, two indexes, and a history row per changed user. Writing
+  the per-user results alone costs several baselines, so a 1.5× target cannot be met while
+  \`segment_users\` stores a row per user; what would come closest: one pass over the orders
+  (skip counts and top categories as by-products of the features aggregate), features
+  streamed to the backend by a cursor without the temporary table and its sort, results written
+  with \`COPY\` into a fresh table swapped in (indexes built once), history only for users whose
+  segment changed.
+- **P2.** linfa's k-means (k-means++ seeding, Lloyd iterations with per-row distance loops)
+  against scikit-learn's OpenMP/BLAS Lloyd. What would close it: our own Lloyd step with
+  distances as one matrix product per chunk (‖x‖² − 2x·c + ‖c‖²), chunks in parallel threads,
+  Hamerly bounds to skip most distance computations.
+- **P5.** \`segment_refresh\` recomputes every customer (recency moves for everybody every day).
+  Applying only the changed customers is what live mode (\`segment_process\`) does: the
+  semi-join over their orders and the upsert of their rows.
+- **P6.** Not measured at the seed's scale (100 events per customer): the demo generator makes
+  about 50.
 MD
 echo "wrote $out"
