@@ -80,3 +80,46 @@ fn pg_test_error_messages_name_the_fix() {
     assert!(hint.contains("customer_id") && hint.contains("user_id") && hint.contains("user_column"), "{hint}");
     assert_eq!(hint.split(" | ").next().unwrap(), hint.split(" | ").next().unwrap().to_lowercase(), "lowercase message");
 }
+
+/// Runs `q` as `role` and returns the SQLSTATE it failed with (None on success); the role
+/// and whatever `q` wrote are rolled back on failure, the role is reset on success.
+fn sqlstate_as(role: &str, q: &str) -> Option<String> {
+    Spi::run(
+        "CREATE OR REPLACE FUNCTION pg_temp.sqlstate_as(r text, q text) RETURNS text LANGUAGE plpgsql AS $$
+         BEGIN EXECUTE format('SET LOCAL ROLE %I', r); EXECUTE q; RESET ROLE; RETURN NULL;
+         EXCEPTION WHEN OTHERS THEN RETURN SQLSTATE; END $$",
+    )
+    .unwrap();
+    Spi::get_one_with_args::<String>("SELECT pg_temp.sqlstate_as($1, $2)", &[role.into(), q.into()]).unwrap()
+}
+
+/// An analyst segments only what they may read: no SELECT on the source is 42501, and row-level
+/// security on the source limits the fit to the rows the analyst sees.
+#[pg_test]
+fn pg_test_analysts_segment_only_what_they_may_read() {
+    demo("r1", 300);
+    Spi::run(
+        "CREATE ROLE seg_analyst; \
+         GRANT USAGE, CREATE ON SCHEMA segment TO seg_analyst; \
+         GRANT SELECT ON ALL TABLES IN SCHEMA segment TO seg_analyst; \
+         GRANT INSERT ON segment.models, segment.centroids TO seg_analyst; \
+         GRANT INSERT, DELETE ON segment.live TO seg_analyst; \
+         GRANT USAGE ON SCHEMA public TO seg_analyst",
+    )
+    .unwrap();
+    let fit = |model: &str| format!("SELECT count(*) FROM segment_users('r1_orders', 2, '{model}', options => '{{{AS_OF}}}')");
+    assert_eq!(sqlstate_as("seg_analyst", &fit("r1_denied")).as_deref(), Some("42501"));
+    assert_eq!(one::<i64>("SELECT count(*) FROM segment.models WHERE model = 'r1_denied'"), Some(0));
+    Spi::run(
+        "GRANT SELECT ON r1_orders TO seg_analyst; \
+         ALTER TABLE r1_orders ENABLE ROW LEVEL SECURITY; \
+         CREATE POLICY even_customers ON r1_orders FOR SELECT TO seg_analyst USING (user_id % 2 = 0)",
+    )
+    .unwrap();
+    assert_eq!(sqlstate_as("seg_analyst", &fit("r1")), None);
+    assert_eq!(one::<i64>("SELECT users FROM segment.models WHERE model = 'r1'"), Some(150));
+    assert_eq!(one::<i64>("SELECT count(*) FROM segment.r1_users WHERE user_id % 2 = 1"), Some(0));
+    // the table owner (not subject to the policy) sees everybody
+    Spi::run(&fit("r1_all")).unwrap();
+    assert_eq!(one::<i64>("SELECT users FROM segment.models WHERE model = 'r1_all'"), Some(300));
+}
