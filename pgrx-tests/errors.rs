@@ -123,3 +123,48 @@ fn pg_test_analysts_segment_only_what_they_may_read() {
     Spi::run(&fit("r1_all")).unwrap();
     assert_eq!(one::<i64>("SELECT users FROM segment.models WHERE model = 'r1_all'"), Some(300));
 }
+
+/// The battery continued: the applications, live-mode and housekeeping functions.
+#[pg_test]
+fn pg_test_every_function_rejects_bad_input_with_its_sqlstate() {
+    demo("e3", 120);
+    Spi::run(&format!("SELECT count(*) FROM segment_users('e3_orders', 3, 'e3', options => '{{{AS_OF}}}')")).unwrap();
+    let cases = [
+        ("SELECT * FROM segment_recommend(1::int8, 0, 'e3')", "22023"),
+        ("SELECT * FROM segment_recommend(1::int8, 10, 'nope')", "42704"),
+        ("SELECT * FROM segment_recommend(1::int8, 10, 'Bad Name')", "42602"),
+        ("SELECT * FROM segment_top_categories(1, 'e3', 0)", "22023"),
+        ("SELECT * FROM segment_top_categories(999, 'e3')", "42704"),
+        ("SELECT * FROM segment_top_categories(1, 'nope')", "42704"),
+        ("SELECT * FROM segment_similar_users(1::int8, 0, 'e3')", "22023"),
+        ("SELECT * FROM segment_similar_users(1::int8, 20000, 'e3')", "22023"),
+        ("SELECT * FROM segment_similar_users(1::int8, 5, 'nope')", "42704"),
+        ("SELECT segment_rename('e3', 1, '')", "22023"),
+        ("SELECT segment_rename('e3', 1, repeat('x', 101))", "22023"),
+        ("SELECT segment_rename('e3', 999, 'x')", "42704"),
+        ("SELECT segment_forget(1, 'nope')", "42704"),
+        ("SELECT segment_forget(1, 'Bad Name')", "42602"),
+        ("SELECT segment_plot('e3', 'pie')", "22023"),
+        ("SELECT segment_plot('nope')", "42704"),
+        ("SELECT * FROM segment_describe('e3', epsilon => 0)", "22023"),
+        ("SELECT * FROM segment_describe('e3', epsilon => 'Infinity')", "22023"),
+        ("SELECT * FROM segment_describe('e3', epsilon => -1)", "22023"),
+        ("SELECT segment_live('e3', 'sometimes')", "22023"),
+        ("SELECT segment_live('nope')", "42704"),
+        ("SELECT segment_process('e3', 0)", "22023"),
+        ("SELECT segment_process('nope')", "42704"),
+        ("SELECT * FROM segment_refresh('nope')", "42704"),
+        ("SELECT * FROM segment_refresh('Bad Name')", "42602"),
+        ("SELECT * FROM segment_drift('nope')", "42704"),
+        ("SELECT * FROM segment_users(NULL)", "22023"),
+        (r#"SELECT * FROM segment_users('e3_orders', options => '{"live": "sometimes"}')"#, "22023"),
+        ("SELECT * FROM _segment_kmeans_benchmark('e3', 1)", "22023"),
+        ("SELECT * FROM segment_demo(10, 1, now(), 'Bad-Prefix')", "42602"),
+    ];
+    for (sql, expected) in cases {
+        assert_eq!(sqlstate_of(sql).as_deref(), Some(expected), "{sql}");
+    }
+    // none of them changed the model
+    assert_eq!(one::<i64>("SELECT count(*) FROM segment.models WHERE model = 'e3'"), Some(1));
+    assert_eq!(one::<i64>("SELECT count(*) FROM segment.e3_users"), Some(120));
+}
