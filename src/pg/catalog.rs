@@ -184,7 +184,7 @@ pub fn ensure_users_table(model: &str, key_type: &str) -> Result<bool> {
            user_id {key_type} NOT NULL, \
            from_segment int, \
            to_segment int, \
-           changed_at timestamptz NOT NULL DEFAULT now(), \
+           changed_at timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(), \
            model_version int NOT NULL, \
            reason text NOT NULL); \
          CREATE INDEX ON segment.{h} (user_id, changed_at); \
@@ -435,8 +435,8 @@ pub fn write_users(
         version,
         reason,
         &format!(
-            "INSERT INTO segment.{h} (user_id, from_segment, to_segment, model_version, reason) \
-             SELECT user_id, p.segment_id, n.segment_id, $1, $2 \
+            "INSERT INTO segment.{h} (user_id, from_segment, to_segment, model_version, reason, changed_at) \
+             SELECT user_id, p.segment_id, n.segment_id, $1, $2, pg_catalog.clock_timestamp() \
              FROM segment.{t} n FULL JOIN pg_temp.segment_previous p USING (user_id) \
              WHERE p.segment_id IS DISTINCT FROM n.segment_id \
              RETURNING user_id::text, from_segment, to_segment"

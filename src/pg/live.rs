@@ -283,8 +283,8 @@ fn upsert(live: &LiveModel, found: &[String], columns: &[Vec<Option<f64>>], reas
              embedding = EXCLUDED.embedding, updated_at = EXCLUDED.updated_at \
            RETURNING u.user_id, u.segment_id), \
          changed AS ( \
-           INSERT INTO segment.{h} (user_id, from_segment, to_segment, model_version, reason) \
-           SELECT up.user_id, old.segment_id, up.segment_id, $4, $9 \
+           INSERT INTO segment.{h} (user_id, from_segment, to_segment, model_version, reason, changed_at) \
+           SELECT up.user_id, old.segment_id, up.segment_id, $4, $9, pg_catalog.clock_timestamp() \
            FROM up LEFT JOIN old USING (user_id) \
            WHERE old.segment_id IS DISTINCT FROM up.segment_id \
            RETURNING user_id, from_segment, to_segment) \
@@ -324,8 +324,8 @@ fn remove(live: &LiveModel, gone: &[String], reason: &str) -> Result<Vec<Change>
         "WITH gone AS (DELETE FROM segment.{t} WHERE user_id IN (SELECT k::{kt} FROM unnest($1::text[]) k) \
                        RETURNING user_id, segment_id), \
          changed AS ( \
-           INSERT INTO segment.{h} (user_id, from_segment, to_segment, model_version, reason) \
-           SELECT user_id, segment_id, NULL, $2, $3 FROM gone WHERE segment_id IS NOT NULL \
+           INSERT INTO segment.{h} (user_id, from_segment, to_segment, model_version, reason, changed_at) \
+           SELECT user_id, segment_id, NULL, $2, $3, pg_catalog.clock_timestamp() FROM gone WHERE segment_id IS NOT NULL \
            RETURNING user_id, from_segment, to_segment) \
          SELECT user_id::text, from_segment, to_segment FROM changed",
         kt = live.key_type,
