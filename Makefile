@@ -11,7 +11,7 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 APT_PACKAGES := postgresql-$(PG_MAJOR) postgresql-server-dev-$(PG_MAJOR) postgresql-$(PG_MAJOR)-cron \
                 libclang-dev clang pkg-config sudo chromium
 
-.PHONY: demo test deps build install cluster unit pgtest regress client bench shards-test clean help
+.PHONY: demo test deps build install cluster unit pgtest regress client stress bench shards-test clean help
 
 help:
 	@echo "make demo   - set up everything, install pg_segment, segment demo data, print the result"
@@ -44,6 +44,9 @@ test: deps unit pgtest regress client
 
 unit: deps
 	cargo test --lib -- --skip pg_test_
+
+stress: install cluster
+	STRESS_SECONDS=600 CRASH_ROUNDS=30 scripts/client.sh
 
 shards-test: install
 	@scripts/shards.sh $(PG_MAJOR)
