@@ -28,6 +28,7 @@ build: deps
 
 install: deps
 	scripts/as-root.sh cargo pgrx install --release --pg-config $(PG_CONFIG)
+	scripts/as-root.sh install -m 644 sql/pg_segment--*.sql "$$($(PG_CONFIG) --sharedir)/extension/"
 
 cluster: deps
 	@scripts/cluster.sh $(PG_MAJOR)

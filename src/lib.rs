@@ -42,4 +42,30 @@ mod packaging {
         assert_eq!(meta["provides"]["pg_segment"]["version"], version, "META.json provides.pg_segment.version");
         assert_eq!(meta["name"], env!("CARGO_PKG_NAME"));
     }
+
+    /// Every released version (a frozen `sql/pg_segment--X.sql`) reaches the current version
+    /// through upgrade scripts `sql/pg_segment--A--B.sql`.
+    #[test]
+    fn every_released_version_has_an_upgrade_path_to_this_one() {
+        let current = env!("CARGO_PKG_VERSION");
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("sql");
+        let names: Vec<String> = std::fs::read_dir(&dir)
+            .expect("sql/ exists")
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter_map(|n| n.strip_prefix("pg_segment--")?.strip_suffix(".sql").map(str::to_string))
+            .collect();
+        let steps: Vec<(&str, &str)> = names.iter().filter_map(|n| n.split_once("--")).collect();
+        let released: Vec<&String> = names.iter().filter(|n| !n.contains("--")).collect();
+        assert!(!released.is_empty(), "at least one released version is kept in sql/");
+        for version in released {
+            let mut at = version.as_str();
+            let mut hops = 0;
+            while at != current {
+                let next = steps.iter().find(|(from, _)| *from == at).map(|(_, to)| *to);
+                at = next.unwrap_or_else(|| panic!("no upgrade script from {version} (stuck at {at}) to {current}"));
+                hops += 1;
+                assert!(hops < 100, "upgrade scripts loop");
+            }
+        }
+    }
 }

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Upgrade: install the previous released version (0.1.0, kept frozen in sql/), create a model
+# with live triggers, ALTER EXTENSION pg_segment UPDATE, and check the model, its assignments
+# and live mode survive. Runs as the postgres superuser in a throw-away database.
+set -uo pipefail
+unset PGHOST PGPORT PGUSER PGPASSWORD PGDATABASE
+here=$(cd "$(dirname "$0")" && pwd)
+as_pg="$here/../../scripts/as-postgres.sh"
+check() { if [ "$2" = "$3" ]; then echo "ok $1"; else echo "not ok $1: expected '$3', got '$2'"; fi; }
+db=pg_segment_upgrade
+previous=0.1.0
+current=$(sed -n 's/^version = "\(.*\)"/\1/p' "$here/../../Cargo.toml" | head -1)
+q() { timeout 300 "$as_pg" psql -X -q -At -v ON_ERROR_STOP=1 -d $db "$@"; }
+"$as_pg" psql -X -q -c "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db" >/dev/null
+trap '"$as_pg" psql -X -q -c "DROP DATABASE IF EXISTS $db" >/dev/null 2>&1' EXIT
+q -c "SET client_min_messages = warning" -c "CREATE EXTENSION pg_segment VERSION '$previous'" \
+  -c "SELECT count(*) FROM segment_demo(600, 4, date_trunc('day', now()), 'up')" \
+  -c "SELECT count(*) FROM segment_users('up_orders', model => 'up', options => '{\"events\": \"up_events\", \"live\": \"sync\"}')" >/dev/null
+check "version $previous installs" "$(q -c "SELECT extversion FROM pg_extension WHERE extname = 'pg_segment'")" "$previous"
+fingerprint() {
+    q -c "SELECT md5(string_agg(x, '|' ORDER BY x)) FROM (
+            SELECT 'm' || model || version || params::text AS x FROM segment.models
+            UNION ALL SELECT 'c' || model || version || segment_id || name || centroid::text FROM segment.centroids
+            UNION ALL SELECT 'u' || user_id || coalesce(segment_id, -1) || features::text || embedding::text FROM segment.up_users
+            UNION ALL SELECT 'l' || model || mode FROM segment.live) s"
+}
+before=$(fingerprint)
+q -c "ALTER EXTENSION pg_segment UPDATE" >/dev/null
+check "ALTER EXTENSION pg_segment UPDATE reaches $current" "$(q -c "SELECT extversion FROM pg_extension WHERE extname = 'pg_segment'")" "$current"
+check "models, centroids, assignments and live mode survive the update" "$(fingerprint)" "$before"
+user=$(q -c "SELECT min(user_id) FROM up_personas WHERE persona = 'lapsed'")
+q -c "INSERT INTO up_orders (user_id, created_at, amount, category)
+      SELECT $user, date_trunc('day', now()) - g * interval '2 days', 20, 'grocery' FROM generate_series(1, 40) g" >/dev/null
+check "live triggers keep working after the update" \
+  "$(q -c "SELECT frequency >= 40 FROM segment.up_users WHERE user_id = $user")" "t"
+check "a re-fit after the update writes the next version" \
+  "$(q -c "SET client_min_messages = warning" -c "SELECT count(*) > 0 FROM segment_refresh('up', refit => true)" -c "SELECT max(version) FROM segment.models WHERE model = 'up'" | tail -1)" "2"
