@@ -168,3 +168,50 @@ fn pg_test_every_function_rejects_bad_input_with_its_sqlstate() {
     assert_eq!(one::<i64>("SELECT count(*) FROM segment.models WHERE model = 'e3'"), Some(1));
     assert_eq!(one::<i64>("SELECT count(*) FROM segment.e3_users"), Some(120));
 }
+
+/// Unusual but legal sources and data: a view, a temp table, a date-typed time column, huge and
+/// negative amounts, very old and future rows, a category with thousands of distinct values,
+/// customers who all look alike; and schema changes under live mode never fail a writer.
+#[pg_test]
+fn pg_test_unusual_sources_and_data_are_handled() {
+    demo("u1", 200);
+    let fit = |src: &str, model: &str, extra: &str| {
+        sqlstate_of(&format!(
+            "SELECT * FROM segment_users('{src}', 2, '{model}'{extra}, options => '{{{AS_OF}}}')"
+        ))
+    };
+    Spi::run("CREATE VIEW u1_view AS SELECT * FROM u1_orders WHERE amount > 0").unwrap();
+    assert_eq!(fit("u1_view", "u_view", ""), None, "a view");
+    Spi::run("CREATE TEMP TABLE u1_temp AS SELECT * FROM u1_orders").unwrap();
+    assert_eq!(fit("u1_temp", "u_temp", ""), None, "a temp table");
+    Spi::run(
+        "CREATE TABLE u1_dates AS SELECT user_id, created_at::date AS order_date, amount * 1e9 AS total, \
+                (order_id % 5000)::text AS category FROM u1_orders; \
+         INSERT INTO u1_dates VALUES (1, '1901-01-01', -50, 'refund'), (2, '2999-01-01', 10, 'x')",
+    )
+    .unwrap();
+    assert_eq!(fit("u1_dates", "u_dates", ""), None, "date column, huge/negative amounts, 5000 categories, old/future rows");
+    assert_eq!(one::<i64>("SELECT (skipped->>'after_as_of')::int8 FROM segment.current_models WHERE model = 'u_dates'"), Some(1));
+    assert_eq!(
+        one::<i64>("SELECT count(*) FROM segment.u_dates_users WHERE NOT (features <> '{}' AND array_position(features, 'NaN') IS NULL)"),
+        Some(0),
+        "no NaN features"
+    );
+    // customers who all look alike: a clear answer, not a crash
+    Spi::run(
+        "CREATE TABLE u1_same AS SELECT g AS user_id, '2026-05-01'::timestamptz AS created_at, 10 AS amount \
+         FROM generate_series(1, 50) g",
+    )
+    .unwrap();
+    let same = fit("u1_same", "u_same", "");
+    assert!(same.is_none() || same.as_deref() == Some("55000"), "{same:?}");
+    // live mode, then the source's category column is renamed: the writer's insert still commits
+    Spi::run(&format!("SELECT count(*) FROM segment_users('u1_orders', 2, 'u_live', options => '{{{AS_OF}, \"live\": \"sync\"}}')")).unwrap();
+    Spi::run("ALTER TABLE u1_orders RENAME COLUMN category TO kind").unwrap();
+    assert_eq!(
+        sqlstate_of("INSERT INTO u1_orders (user_id, created_at, amount, kind) VALUES (3, '2026-05-30', 12, 'books')"),
+        None,
+        "a schema change never makes a writer fail"
+    );
+    assert_eq!(one::<i64>("SELECT count(*) FROM u1_orders WHERE kind = 'books' AND amount = 12 AND user_id = 3 AND created_at = '2026-05-30'"), Some(1));
+}
