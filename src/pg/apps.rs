@@ -25,6 +25,15 @@ fn current_model(model: &str) -> Result<Current> {
     catalog::current(model)
 }
 
+/// The current version as the live path caches it (one version check instead of a catalog
+/// read plus the cache's own version check), with what the lookups need.
+fn current_live(model: &str) -> Result<(Current, std::rc::Rc<live::LiveModel>)> {
+    catalog::check_model_name(model)?;
+    let live = live::load(model)?;
+    let cur = Current { version: live.version, users_table: catalog::users_table(model), key_type: live.key_type.clone() };
+    Ok((cur, live))
+}
+
 fn check_n(n: i32) -> Result<usize> {
     if !(1..=10_000).contains(&n) {
         return Err(SegError::invalid(format!("n must be between 1 and 10000, not {n}")));
@@ -113,9 +122,8 @@ pub fn top_categories(model: &str, segment_id: i32, n: i32) -> Result<Vec<(Strin
 /// Categories to suggest to a user: popular in their segment relative to everyone, minus what
 /// they already buy a lot; a user the model does not know (yet) gets the population favourites.
 pub fn recommend_for(user_key: AnyElement, n: i32, model: &str) -> Result<Vec<Recommendation>> {
-    let cur = current_model(model)?;
+    let (cur, live) = current_live(model)?;
     let n = check_n(n)?;
-    let live = live::load(model)?;
     let row: Option<(Option<i32>, Vec<Option<f64>>)> = Spi::connect(|c| {
         let t = c
             .select(
@@ -155,9 +163,8 @@ pub fn recommend_for(user_key: AnyElement, n: i32, model: &str) -> Result<Vec<Re
 
 /// The `n` users nearest to `user_key` in embedding space (see `core::neighbors`), as text keys.
 pub fn similar_users(user_key: AnyElement, n: i32, model: &str) -> Result<(Vec<(String, f64)>, usize)> {
-    let cur = current_model(model)?;
+    let (cur, live) = current_live(model)?;
     let n = check_n(n)?;
-    let live = live::load(model)?;
     let t = quote_ident(&cur.users_table);
     let me: Option<(String, Vec<f32>)> = Spi::connect(|c| {
         let r = c
