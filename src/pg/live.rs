@@ -497,13 +497,13 @@ pub fn install(model: &str, mode: Mode) -> Result<()> {
             let keys = format!("SELECT DISTINCT k FROM ({keys}) s(k) WHERE k IS NOT NULL");
             let body = match mode {
                 Mode::Async => format!(
-                    "INSERT INTO segment.{queue} (user_id) {keys} ON CONFLICT (user_id) DO NOTHING; RETURN NULL;"
+                    "INSERT INTO segment.{queue} (user_id) {keys} ON CONFLICT (user_id) DO UPDATE SET enqueued_at = EXCLUDED.enqueued_at; RETURN NULL;"
                 ),
                 _ => format!(
                     "PERFORM {ext_schema}._segment_live_apply({m}, ARRAY({keys})::text[]); \
                      RETURN NULL; \
                    EXCEPTION WHEN OTHERS THEN \
-                     INSERT INTO segment.{queue} (user_id) {keys} ON CONFLICT (user_id) DO NOTHING; \
+                     INSERT INTO segment.{queue} (user_id) {keys} ON CONFLICT (user_id) DO UPDATE SET enqueued_at = EXCLUDED.enqueued_at; \
                      RAISE WARNING 'pg_segment: live update of model \"%\" failed: %', {m}, SQLERRM \
                        USING HINT = 'the users were queued; SELECT segment_process(' || quote_literal({m}) || ') applies them'; \
                      RETURN NULL;",
@@ -515,7 +515,7 @@ pub fn install(model: &str, mode: Mode) -> Result<()> {
         // TRUNCATE has no transition table: re-derive every user of the model.
         let body = match mode {
             Mode::Async => format!(
-                "INSERT INTO segment.{queue} (user_id) SELECT user_id FROM segment.{t} ON CONFLICT (user_id) DO NOTHING; RETURN NULL;",
+                "INSERT INTO segment.{queue} (user_id) SELECT user_id FROM segment.{t} ON CONFLICT (user_id) DO UPDATE SET enqueued_at = EXCLUDED.enqueued_at; RETURN NULL;",
                 t = quote_ident(&users_table(model))
             ),
             _ => format!("PERFORM {ext_schema}._segment_live_truncate({}); RETURN NULL;", quote_literal(model)),
