@@ -44,14 +44,17 @@ fn pg_test_refit_writes_a_new_version_and_keeps_the_old_one() {
 }
 
 #[pg_test]
-fn pg_test_same_seed_same_centroids_and_assignments() {
+fn pg_test_same_seed_same_centroids_and_assignments_with_any_thread_count() {
     demo("p3", 400);
     let fit = format!(
         "SELECT count(*) FROM segment_users('p3_orders', model => 'p3', options => '{{{AS_OF}, \"seed\": 5, \"events\": \"p3_events\"}}')"
     );
     Spi::run(&fit).unwrap();
     Spi::run("CREATE TEMP TABLE first_fit AS SELECT user_id, segment_id, embedding FROM segment.p3_users").unwrap();
+    // the number of compute threads changes nothing
+    Spi::run("SET pg_segment.max_threads = 1").unwrap();
     Spi::run(&fit).unwrap();
+    Spi::run("RESET pg_segment.max_threads").unwrap();
     assert_eq!(
         one::<i64>(
             "SELECT count(*) FROM segment.centroids a JOIN segment.centroids b USING (model, segment_id) \

@@ -13,6 +13,9 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
+use super::metrics::sq_dist;
+use super::parallel;
+
 /// Users per cell aimed at.
 pub const CELL_USERS: usize = 500;
 /// Cells per segment, at most.
@@ -20,10 +23,6 @@ pub const MAX_CELLS: usize = 256;
 /// Sample points per cell used to place the centres.
 const SAMPLE_PER_CELL: usize = 40;
 const LLOYD_ITERATIONS: usize = 3;
-
-fn sq_dist(a: ArrayView1<f64>, b: ArrayView1<f64>) -> f64 {
-    a.iter().zip(b.iter()).map(|(x, y)| (x - y) * (x - y)).sum()
-}
 
 /// Index of the nearest row of `centres`.
 pub fn nearest(centres: &Array2<f64>, x: ArrayView1<f64>) -> usize {
@@ -45,7 +44,7 @@ pub fn fit(e: ArrayView2<f64>, labels: &[Option<usize>], k: usize, seed: u64) ->
             members[*c].push(i);
         }
     }
-    members
+    parallel::install(|| members
         .par_iter()
         .enumerate()
         .map(|(s, rows)| {
@@ -75,7 +74,7 @@ pub fn fit(e: ArrayView2<f64>, labels: &[Option<usize>], k: usize, seed: u64) ->
             }
             centres
         })
-        .collect()
+        .collect())
 }
 
 /// The cell of each row: the nearest centre of its segment (`None` for noise).
@@ -84,7 +83,7 @@ pub fn assign(cells: &[Array2<f64>], e: ArrayView2<f64>, labels: &[Option<usize>
     if e.nrows() < 4096 {
         return (0..e.nrows()).map(one).collect();
     }
-    (0..e.nrows()).into_par_iter().map(one).collect()
+    parallel::install(|| (0..e.nrows()).into_par_iter().map(one).collect())
 }
 
 #[cfg(test)]

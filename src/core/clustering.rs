@@ -1,19 +1,18 @@
-//! Clustering glue around linfa-clustering: K-means with k-means++ (several inits, best
-//! inertia), DBSCAN with an eps read off the k-distance curve, automatic k by silhouette with
+//! Clustering glue: K-means (our own, see `kmeans`) with k-means++ (several inits, best
+//! inertia), DBSCAN (linfa-clustering) with an eps read off the k-distance curve, automatic k by silhouette with
 //! Davies–Bouldin as tie-breaker, and the nearest-centroid rule every later assignment uses.
 
 use linfa::prelude::*;
-use linfa::DatasetBase;
-use linfa_clustering::{Dbscan, KMeans, KMeansInit};
+use linfa_clustering::Dbscan;
 use ndarray::{Array2, ArrayView1, ArrayView2, Axis};
 use rand::seq::index::sample;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use rand_xoshiro::Xoshiro256Plus;
 use rayon::prelude::*;
 
 use super::error::{ErrorKind, Result, SegError};
 use super::metrics::{davies_bouldin, silhouette, sq_dist};
+use super::parallel;
 
 /// A fitted clustering in embedding space. DBSCAN models keep a radius per cluster: a user
 /// farther than it from every centroid is noise (no segment).
@@ -50,7 +49,7 @@ impl Clustering {
         if x.nrows() < 4096 {
             return (0..x.nrows()).map(|i| self.assign_one(x.row(i))).collect();
         }
-        (0..x.nrows()).into_par_iter().map(|i| self.assign_one(x.row(i))).collect()
+        parallel::install(|| (0..x.nrows()).into_par_iter().map(|i| self.assign_one(x.row(i))).collect())
     }
 }
 
@@ -100,25 +99,16 @@ pub fn sample_rows(n: usize, max: usize, seed: u64) -> Vec<usize> {
     idx
 }
 
-fn training_failed(e: impl std::fmt::Display) -> SegError {
-    SegError::new(ErrorKind::TrainingFailed, "k-means failed").detail(e.to_string())
-}
+/// Relative tolerance of the fits (see `kmeans`): tighter than scikit-learn's default 1e-4,
+/// which only the benchmark uses; Hamerly's bounds make the extra iterations cheap.
+const TOLERANCE: f64 = 1e-6;
 
-/// One k-means run (k-means++ seeding, at most `max_iter` iterations) and its inertia: what
-/// `make bench` compares with scikit-learn's `KMeans(n_init=1)` on the same matrix.
+/// One k-means run (k-means++ seeding, at most `max_iter` iterations, scikit-learn's default
+/// tolerance) and its inertia: what `make bench` compares with scikit-learn's
+/// `KMeans(n_init=1)` on the same matrix.
 pub fn kmeans_single(x: ArrayView2<f64>, k: usize, max_iter: usize, seed: u64) -> Result<(Array2<f64>, f64)> {
-    let data = DatasetBase::from(x.to_owned());
-    let centroids = KMeans::params_with_rng(k, Xoshiro256Plus::seed_from_u64(seed))
-        .n_runs(1)
-        .max_n_iterations(max_iter as u64)
-        .tolerance(1e-4)
-        .init_method(KMeansInit::KMeansPlusPlus)
-        .fit(&data)
-        .map(|m| m.centroids().clone())
-        .map_err(training_failed)?;
-    let cl = Clustering { centroids: centroids.clone(), radii: None };
-    let inertia = super::metrics::inertia(x, &labels_of(&cl.assign(x)), &centroids);
-    Ok((centroids, inertia))
+    let fit = super::kmeans::single(x, k, max_iter, 1e-4, seed)?;
+    Ok((fit.centroids, fit.inertia))
 }
 
 /// K-means with k-means++ seeding; the best of `runs` initialisations by inertia.
@@ -135,27 +125,7 @@ pub fn kmeans_from(
     seed: u64,
     warm: Option<&Array2<f64>>,
 ) -> Result<Array2<f64>> {
-    let data = DatasetBase::from(x.to_owned());
-    let fit = |init: KMeansInit<f64>, runs: usize| {
-        KMeans::params_with_rng(k, Xoshiro256Plus::seed_from_u64(seed))
-            .n_runs(runs.max(1))
-            .max_n_iterations(300)
-            .tolerance(1e-6)
-            .init_method(init)
-            .fit(&data)
-            .map(|m| m.centroids().clone())
-            .map_err(training_failed)
-    };
-    let best = fit(KMeansInit::KMeansPlusPlus, runs)?;
-    let Some(warm) = warm.filter(|w| w.nrows() == k && w.ncols() == x.ncols()) else {
-        return Ok(best);
-    };
-    let warmed = fit(KMeansInit::Precomputed(warm.clone()), 1)?;
-    let inertia = |c: &Array2<f64>| {
-        let cl = Clustering { centroids: c.clone(), radii: None };
-        super::metrics::inertia(x, &labels_of(&cl.assign(x)), c)
-    };
-    Ok(if inertia(&warmed) < inertia(&best) { warmed } else { best })
+    Ok(super::kmeans::best_of(x, k, runs, 300, TOLERANCE, seed, warm)?.centroids)
 }
 
 /// Orders clusters by size (largest first, ties by centroid coordinates) so segment ids are
@@ -235,7 +205,7 @@ pub fn choose_k(x: ArrayView2<f64>, range: (usize, usize), seed: u64) -> Result<
 pub fn estimate_eps(x: ArrayView2<f64>, min_points: usize, seed: u64) -> f64 {
     let probe = sample_rows(x.nrows(), 2_000, seed);
     let kth = min_points.min(x.nrows().saturating_sub(1)).max(1);
-    let mut kd: Vec<f64> = probe
+    let mut kd: Vec<f64> = parallel::install(|| probe
         .par_iter()
         .map(|&i| {
             let mut d: Vec<f64> = (0..x.nrows()).filter(|&j| j != i).map(|j| sq_dist(x.row(i), x.row(j))).collect();
@@ -243,7 +213,7 @@ pub fn estimate_eps(x: ArrayView2<f64>, min_points: usize, seed: u64) -> f64 {
             d.select_nth_unstable_by(kth, f64::total_cmp);
             d[kth].sqrt()
         })
-        .collect();
+        .collect());
     kd.sort_by(f64::total_cmp);
     let n = kd.len();
     if n < 3 {

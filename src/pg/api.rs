@@ -83,6 +83,7 @@ pub struct FitArgs {
 /// Returns (segment_id, name, users, share, users who moved in).
 pub fn fit_model(args: &FitArgs, reason: &str) -> crate::core::error::Result<Vec<(i32, String, i64, f64, i64)>> {
     let (model, opts, k) = (&args.model, &args.opts, args.k);
+    crate::pg::gucs::apply_max_threads();
     catalog::check_model_name(model)?;
     pipeline::check_k(k)?;
     let rel = source::relation(args.source)?;
@@ -499,6 +500,7 @@ fn kmeans_benchmark(
     })
     .or_raise();
     let dims = rows.first().map_or(0, Vec::len);
+    crate::pg::gucs::apply_max_threads();
     let x = ndarray::Array2::from_shape_fn((rows.len(), dims), |(i, j)| rows[i][j] as f64);
     let started = std::time::Instant::now();
     let (_, inertia) = crate::core::clustering::kmeans_single(x.view(), k as usize, max_iter as usize, 42).or_raise();

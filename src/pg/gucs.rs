@@ -11,6 +11,8 @@ pub static MIN_SEGMENT_SIZE: GucSetting<i32> = GucSetting::<i32>::new(10);
 
 pub static REFIT_DRIFT: GucSetting<f64> = GucSetting::<f64>::new(0.2);
 
+pub static MAX_THREADS: GucSetting<i32> = GucSetting::<i32>::new(0);
+
 pub fn init() {
     GucRegistry::define_float_guc(
         c"pg_segment.refit_drift",
@@ -32,6 +34,16 @@ pub fn init() {
         GucContext::Userset,
         GucFlags::default(),
     );
+    GucRegistry::define_int_guc(
+        c"pg_segment.max_threads",
+        c"Threads a backend uses for pg_segment's computations (0: one per CPU core).",
+        c"K-means, assignment, cells and evaluation run on up to this many threads inside the backend running segment_users, segment_refresh or a large live update; the threads only compute, never touch the database. 1 keeps everything on the backend's own thread.",
+        &MAX_THREADS,
+        0,
+        1024,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
     GucRegistry::define_string_guc(
         c"pg_segment.notify_channel",
         c"NOTIFY channel for segment membership changes.",
@@ -41,6 +53,11 @@ pub fn init() {
         GucFlags::default(),
     );
     unsafe { pgrx::pg_sys::MarkGUCPrefixReserved(c"pg_segment".as_ptr()) };
+}
+
+/// Hands `pg_segment.max_threads` to the pure code; called before heavy work.
+pub fn apply_max_threads() {
+    crate::core::parallel::set_max_threads(MAX_THREADS.get().max(0) as usize);
 }
 
 pub fn notify_channel() -> Option<String> {

@@ -192,6 +192,7 @@ pub fn apply(model: &str, keys: &[String], reason: &str) -> Result<usize> {
     }
     // Locks first: a re-fit that commits while we wait must be the version we load.
     lock_users(model, keys)?;
+    gucs::apply_max_threads();
     let live = load(model)?;
 
     // Features from the source, for exactly these users (a fresh snapshot after the locks).
@@ -624,6 +625,7 @@ pub fn refresh(model: &str, refit: Option<bool>) -> Result<Vec<SegmentRow>> {
     }
     let since = catalog::quiesce(model)?;
     let live = load(model)?;
+    gucs::apply_max_threads();
     let sql = features::features_sql(
         crate::pg::source::WORK_TABLE,
         &live.orders,
