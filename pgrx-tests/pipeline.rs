@@ -276,3 +276,14 @@ fn pg_test_aggregates_are_equal_in_parallel_and_serial_plans() {
     // segment_drift reports each centroid's shift: right after the fit, the centroids are their members' means
     assert_eq!(one::<i64>("SELECT count(*) FROM segment_drift('p10') WHERE metric = 'centroid_shift' AND value < 0.05"), Some(4));
 }
+
+#[pg_test]
+fn pg_test_a_fit_leaves_the_sessions_settings_as_they_were() {
+    // bulk work raises work_mem to maintenance_work_mem and turns JIT off, for itself only
+    demo("p_settings", 150);
+    Spi::run("SET work_mem = '1MB'; SET maintenance_work_mem = '32MB'; SET jit = on").unwrap();
+    Spi::run(&format!("SELECT count(*) FROM segment_users('p_settings_orders', 2, 'p_settings', options => '{{{AS_OF}}}')")).unwrap();
+    Spi::run("SELECT count(*) FROM segment_refresh('p_settings', refit => false)").unwrap();
+    assert_eq!(one::<String>("SELECT current_setting('work_mem')").as_deref(), Some("1MB"));
+    assert_eq!(one::<String>("SELECT current_setting('jit')").as_deref(), Some("on"));
+}

@@ -158,7 +158,7 @@ parameter array searched linearly per row, a NULL-bearing array subscripted per 
 - for statements touching many customers, one hash join over the orders instead of index
   lookups per customer, and \`COPY\`-style batched writes of the users table;
 - async: the trigger is a PL/pgSQL SECURITY DEFINER function with a pinned search_path doing one
-  \`INSERT … ON CONFLICT DO NOTHING\` into the queue; the reference row (the same shape doing one
+  \`INSERT … ON CONFLICT DO UPDATE\` into the queue; the reference row (the same shape doing one
   UPDATE) shows that this shape costs about what async costs now. A C trigger function (no
   PL/pgSQL, one saved plan) is the remaining lever.
 
@@ -172,7 +172,6 @@ The search read on average $examined of $segusers users per query (20 customers 
 the key range): the cells (about 500 users each, see README, Acting on segments) whose lower
 bound is below the tenth-best distance found, one index scan on \`(segment_id, cell)\` each.
 
-Not measured: the seed's scale (\`SCALE=seed\`, 100 events per user; the demo generator makes
-about 50) and the live path's COPY at 1M rows (measured at $copy_rows).
+Not measured: the live path's COPY at 1M rows (measured at $copy_rows).
 MD
 echo "wrote BENCHMARKS.md"

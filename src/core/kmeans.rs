@@ -117,7 +117,7 @@ pub fn plus_plus(x: ArrayView2<f64>, k: usize, seed: u64) -> Array2<f64> {
         let pot: f64 = pots.iter().sum();
         let candidates: Vec<usize> = (0..trials)
             .map(|_| {
-                if !(pot > 0.0) {
+                if pot.is_nan() || pot <= 0.0 {
                     return rng.gen_range(0..n);
                 }
                 let mut r = rng.gen::<f64>() * pot;

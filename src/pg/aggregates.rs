@@ -233,9 +233,14 @@ impl Step {
         unsafe { ((*self.header).k as usize, (*self.header).dims as usize) }
     }
 
-    unsafe fn floats(&self) -> &mut [f64] {
+    unsafe fn floats(&mut self) -> &mut [f64] {
         let (k, d) = self.shape();
         std::slice::from_raw_parts_mut(self.header.add(1).cast::<f64>(), k * d + k * (d + 1) + 1)
+    }
+
+    unsafe fn values(&self) -> &[f64] {
+        let (k, d) = self.shape();
+        std::slice::from_raw_parts(self.header.add(1).cast::<f64>(), k * d + k * (d + 1) + 1)
     }
 
     fn bytes(&self) -> usize {
@@ -255,14 +260,14 @@ fn step_sfunc(
     unsafe {
         let Some(e) = embedding else { return state };
         let e: Vec<f64> = e.into_iter().map(|v| v.map_or(f64::NAN, f64::from)).collect();
-        let step = match Step::from_internal(&mut state) {
+        let mut step = match Step::from_internal(&mut state) {
             Some(s) => s,
             None => {
                 let k = k.max(1) as usize;
                 if centroids.len() != k * e.len() {
                     error!("pg_segment: {} centroid values for k = {k} and {} dimensions", centroids.len(), e.len());
                 }
-                let s = Step::alloc(agg_context(fcinfo), k, e.len());
+                let mut s = Step::alloc(agg_context(fcinfo), k, e.len());
                 s.floats()[..centroids.len()].copy_from_slice(&centroids);
                 s
             }
@@ -291,16 +296,16 @@ fn step_combine(mut a: Internal, mut b: Internal, fcinfo: pg_sys::FunctionCallIn
             (Some(_), None) => a,
             (None, Some(y)) => {
                 let (k, d) = y.shape();
-                let s = Step::alloc(agg_context(fcinfo), k, d);
-                s.floats().copy_from_slice(y.floats());
+                let mut s = Step::alloc(agg_context(fcinfo), k, d);
+                s.floats().copy_from_slice(y.values());
                 Internal::from(Some(pg_sys::Datum::from(s.header)))
             }
-            (Some(x), Some(y)) => {
+            (Some(mut x), Some(y)) => {
                 if x.shape() != y.shape() {
                     error!("pg_segment: k-means partial states of different shapes");
                 }
                 let (k, d) = x.shape();
-                for (p, q) in x.floats()[k * d..].iter_mut().zip(&y.floats()[k * d..]) {
+                for (p, q) in x.floats()[k * d..].iter_mut().zip(&y.values()[k * d..]) {
                     *p += q;
                 }
                 a
@@ -339,7 +344,7 @@ fn step_final(mut state: Internal) -> Option<Vec<f64>> {
     unsafe {
         let s = Step::from_internal(&mut state)?;
         let (k, d) = s.shape();
-        Some(s.floats()[k * d..].to_vec())
+        Some(s.values()[k * d..].to_vec())
     }
 }
 

@@ -82,6 +82,10 @@ pub struct FitArgs {
 /// are still the same group of users and records every membership change with `reason`.
 /// Returns (segment_id, name, users, share, users who moved in).
 pub fn fit_model(args: &FitArgs, reason: &str) -> crate::core::error::Result<Vec<(i32, String, i64, f64, i64)>> {
+    source::with_bulk_settings(|| fit_model_inner(args, reason))
+}
+
+fn fit_model_inner(args: &FitArgs, reason: &str) -> crate::core::error::Result<Vec<(i32, String, i64, f64, i64)>> {
     let (model, opts, k) = (&args.model, &args.opts, args.k);
     crate::pg::gucs::apply_max_threads();
     catalog::check_model_name(model)?;
@@ -105,7 +109,9 @@ pub fn fit_model(args: &FitArgs, reason: &str) -> crate::core::error::Result<Vec
     let took = || format!("{:.1} s", started.elapsed().as_secs_f64());
 
     let mut skipped = source::skipped(&osql, as_of)?;
+    debug1!("pg_segment: counted unusable rows ({})", took());
     let categories = source::top_categories(&osql, as_of)?;
+    debug1!("pg_segment: top categories ({})", took());
     let feats = features::catalogue(&categories, orders.category.is_some(), events.is_some());
     let sql = features::features_sql(WORK_TABLE, &osql, events.as_ref().map(Events::sql).as_ref(), &feats, as_of, opts.dedupe, &opts.timezone);
     let (columns, duplicates, counted) = source::compute_features(&sql, &feats)?;

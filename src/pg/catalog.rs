@@ -407,11 +407,9 @@ pub fn write_users(
 ) -> Result<Vec<(i32, i64)>> {
     let t = quote_ident(&users_table(model));
     let h = quote_ident(&history_table(model));
-    Spi::run(&format!(
-        "DROP TABLE IF EXISTS pg_temp.segment_previous; \
-         CREATE TEMP TABLE segment_previous ON COMMIT DROP AS SELECT user_id, segment_id FROM segment.{t}"
-    ))
-    .map_err(from_spi)?;
+    crate::pg::source::drop_temp_table("pg_temp.segment_previous")?;
+    Spi::run(&format!("CREATE TEMP TABLE segment_previous ON COMMIT DROP AS SELECT user_id, segment_id FROM segment.{t}"))
+        .map_err(from_spi)?;
     let rfm: Vec<String> = RFM_COLUMNS.iter().map(|c| format!("f.{}", quote_ident(c))).collect();
     let all: Vec<String> = feature_names.iter().map(|c| format!("f.{}", quote_ident(c))).collect();
     Spi::run(&format!("DELETE FROM segment.{t}")).map_err(from_spi)?;

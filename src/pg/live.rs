@@ -623,6 +623,11 @@ pub fn refresh(model: &str, refit: Option<bool>) -> Result<Vec<SegmentRow>> {
     if refit == Some(true) {
         return refit_model(model);
     }
+    crate::pg::source::with_bulk_settings(|| refresh_all(model, refit))
+}
+
+/// `refresh` without a forced re-fit: every user brought up to date under the current version.
+fn refresh_all(model: &str, refit: Option<bool>) -> Result<Vec<SegmentRow>> {
     let since = catalog::quiesce(model)?;
     let live = load(model)?;
     gucs::apply_max_threads();

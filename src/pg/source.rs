@@ -244,6 +244,48 @@ pub fn skipped(o: &OrdersSql, as_of: AsOf) -> Result<Skipped> {
     })
 }
 
+/// Runs `f` with `work_mem` raised to `maintenance_work_mem` (when that is larger) and JIT
+/// compilation off, for this transaction, then puts both back; an error aborts the
+/// (sub)transaction, which puts them back too. Bulk work (fits, refreshes) is maintenance work:
+/// the order features aggregate keeps each user's orders in its hash table and the writes join
+/// a row per user, and spilling either to disk costs more than the rest of the statement; the
+/// row estimates of those joins (arrays unnested against a fresh table) are far too high and
+/// make the planner spend more time compiling them than running them.
+pub fn with_bulk_settings<R>(f: impl FnOnce() -> Result<R>) -> Result<R> {
+    let previous: Vec<String> = Spi::get_one(
+        "SELECT ARRAY[pg_catalog.current_setting('work_mem'), pg_catalog.current_setting('jit')]",
+    )
+    .map_err(from_spi)?
+    .unwrap_or_default();
+    Spi::run(
+        "SELECT pg_catalog.set_config('work_mem', pg_catalog.current_setting('maintenance_work_mem'), true) \
+         WHERE pg_catalog.pg_size_bytes(pg_catalog.current_setting('maintenance_work_mem')) \
+             > pg_catalog.pg_size_bytes(pg_catalog.current_setting('work_mem')); \
+         SELECT pg_catalog.set_config('jit', 'off', true)",
+    )
+    .map_err(from_spi)?;
+    let result = f();
+    if let [work_mem, jit] = previous.as_slice() {
+        Spi::run_with_args(
+            "SELECT pg_catalog.set_config('work_mem', $1, true), pg_catalog.set_config('jit', $2, true)",
+            &[work_mem.as_str().into(), jit.as_str().into()],
+        )
+        .map_err(from_spi)?;
+    }
+    result
+}
+
+/// Drops a temporary table left by an earlier call in the same transaction, if there is one
+/// (without `IF EXISTS`, whose NOTICE the caller would see).
+pub fn drop_temp_table(name: &str) -> Result<()> {
+    let leftover: Option<bool> =
+        Spi::get_one_with_args("SELECT pg_catalog.to_regclass($1) IS NOT NULL", &[name.into()]).map_err(from_spi)?;
+    if leftover == Some(true) {
+        Spi::run(&format!("DROP TABLE {name}")).map_err(from_spi)?;
+    }
+    Ok(())
+}
+
 /// Name of the per-call work table holding one row per user.
 pub const WORK_TABLE: &str = "pg_temp.segment_features_work";
 
@@ -251,18 +293,15 @@ pub const WORK_TABLE: &str = "pg_temp.segment_features_work";
 /// Returns (columns, duplicate rows seen, order rows counted in the features).
 pub fn compute_features(sql: &str, feats: &[FeatureDef]) -> Result<(Vec<Vec<Option<f64>>>, i64, i64)> {
     // A second call in the same transaction finds the first call's table (ON COMMIT DROP).
-    let leftover: Option<bool> =
-        Spi::get_one(&format!("SELECT pg_catalog.to_regclass('{WORK_TABLE}') IS NOT NULL")).map_err(from_spi)?;
-    if leftover == Some(true) {
-        Spi::run(&format!("DROP TABLE {WORK_TABLE}")).map_err(from_spi)?;
-    }
+    drop_temp_table(WORK_TABLE)?;
+    let started = std::time::Instant::now();
     Spi::run(sql).map_err(from_spi)?;
-    let arrays: Vec<String> = feats
-        .iter()
-        .map(|f| format!("array_agg({} ORDER BY rn)", features::quote_ident(&f.name)))
-        .collect();
+    debug1!("pg_segment: features computed in {:.1} s", started.elapsed().as_secs_f64());
+    // One scan, no sort: the arrays come in the same (physical) order, `rn` says where each
+    // row belongs.
+    let arrays: Vec<String> = feats.iter().map(|f| format!("array_agg({})", features::quote_ident(&f.name))).collect();
     let query = format!(
-        "SELECT coalesce(sum(duplicates), 0)::int8, coalesce(sum(frequency), 0)::int8, {} FROM {WORK_TABLE}",
+        "SELECT coalesce(sum(duplicates), 0)::int8, coalesce(sum(frequency), 0)::int8, array_agg(rn), {} FROM {WORK_TABLE}",
         arrays.join(", ")
     );
     Spi::connect(|c| {
@@ -270,10 +309,22 @@ pub fn compute_features(sql: &str, feats: &[FeatureDef]) -> Result<(Vec<Vec<Opti
         let row = t.first();
         let duplicates: i64 = row.get(1).map_err(from_spi)?.unwrap_or(0);
         let counted_rows: i64 = row.get(2).map_err(from_spi)?.unwrap_or(0);
+        let rn: Vec<i64> = row.get(3).map_err(from_spi)?.unwrap_or_default();
+        let place: Vec<usize> = rn.iter().map(|&r| (r - 1) as usize).collect();
+        if place.iter().any(|&p| p >= rn.len()) {
+            return Err(crate::core::error::SegError::new(
+                crate::core::error::ErrorKind::Internal,
+                "the features work table is not numbered 1..n",
+            ));
+        }
         let mut cols = Vec::with_capacity(feats.len());
         for i in 0..feats.len() {
-            let col: Vec<Option<f64>> = row.get(i + 3).map_err(from_spi)?.unwrap_or_default();
-            cols.push(col);
+            let col: Vec<Option<f64>> = row.get(i + 4).map_err(from_spi)?.unwrap_or_default();
+            let mut ordered = vec![None; col.len()];
+            for (v, &p) in col.into_iter().zip(&place) {
+                ordered[p] = v;
+            }
+            cols.push(ordered);
         }
         Ok((cols, duplicates, counted_rows))
     })
