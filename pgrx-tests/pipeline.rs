@@ -287,3 +287,45 @@ fn pg_test_a_fit_leaves_the_sessions_settings_as_they_were() {
     assert_eq!(one::<String>("SELECT current_setting('work_mem')").as_deref(), Some("1MB"));
     assert_eq!(one::<String>("SELECT current_setting('jit')").as_deref(), Some("on"));
 }
+
+#[pg_test]
+fn pg_test_streaming_in_small_batches_gives_the_same_segments() {
+    demo("p_stream", 700);
+    let fit = format!("SELECT count(*) FROM segment_users('p_stream_orders', 4, 'p_stream', options => '{{{AS_OF}}}')");
+    Spi::run(&fit).unwrap();
+    Spi::run("CREATE TEMP TABLE one_batch AS SELECT user_id, segment_id, cell, distance, embedding FROM segment.p_stream_users").unwrap();
+    // 700 users in batches of 100: the features are read through a cursor over 7 connections
+    Spi::run("SET pg_segment.batch_users = 100").unwrap();
+    Spi::run(&fit).unwrap();
+    assert_eq!(
+        one::<i64>(
+            "SELECT count(*) FROM one_batch o FULL JOIN segment.p_stream_users u USING (user_id) \
+             WHERE o.segment_id IS DISTINCT FROM u.segment_id OR o.cell IS DISTINCT FROM u.cell \
+                OR o.embedding IS DISTINCT FROM u.embedding OR abs(o.distance - u.distance) > 1e-12"
+        ),
+        Some(0),
+        "every user placed as in one batch"
+    );
+    assert_eq!(
+        one::<i64>(
+            "SELECT count(*) FROM segment.centroids a JOIN segment.centroids b USING (model, segment_id) \
+             WHERE model = 'p_stream' AND a.version = 1 AND b.version = 2 \
+               AND (a.centroid <> b.centroid OR a.users <> b.users OR a.name <> b.name)"
+        ),
+        Some(0)
+    );
+    // a refresh streams the same way and keeps everyone
+    Spi::run("SELECT count(*) FROM segment_refresh('p_stream', refit => false)").unwrap();
+    assert_eq!(one::<i64>("SELECT count(*) FROM segment.p_stream_users WHERE segment_id IS NOT NULL AND model_version = 2"), Some(700));
+
+    // trained on a sample of 300: everyone is still placed and described
+    Spi::run(&format!(
+        "SELECT count(*) FROM segment_users('p_stream_orders', 4, 'p_stream', options => '{{{AS_OF}, \"sample\": 300}}')"
+    ))
+    .unwrap();
+    assert_eq!(one::<i64>("SELECT count(*) FROM segment.p_stream_users WHERE segment_id IS NOT NULL AND model_version = 3"), Some(700));
+    assert_eq!(one::<i64>("SELECT sum(users)::int8 FROM segment.centroids WHERE model = 'p_stream' AND version = 3"), Some(700));
+    assert_eq!(one::<i64>("SELECT (metrics->>'training_rows')::int8 FROM segment.models WHERE model = 'p_stream' AND version = 3"), Some(300));
+    assert_eq!(one::<i64>("SELECT (metrics->>'users')::int8 FROM segment.models WHERE model = 'p_stream' AND version = 3"), Some(700));
+    Spi::run("RESET pg_segment.batch_users").unwrap();
+}

@@ -36,8 +36,10 @@ pub fn nearest(centres: &Array2<f64>, x: ArrayView1<f64>) -> usize {
     best.0
 }
 
-/// Cell centres for each of the `k` segments (`labels` by row of `e`; `None` is noise).
-pub fn fit(e: ArrayView2<f64>, labels: &[Option<usize>], k: usize, seed: u64) -> Vec<Array2<f64>> {
+/// Cell centres for each of the `k` segments (`labels` by row of `e`; `None` is noise). `e` may
+/// be a sample of the population: `scale` (population / rows of `e`) sizes the cells for the
+/// whole population.
+pub fn fit(e: ArrayView2<f64>, labels: &[Option<usize>], k: usize, scale: f64, seed: u64) -> Vec<Array2<f64>> {
     let mut members: Vec<Vec<usize>> = vec![Vec::new(); k];
     for (i, l) in labels.iter().enumerate() {
         if let Some(c) = l {
@@ -48,7 +50,8 @@ pub fn fit(e: ArrayView2<f64>, labels: &[Option<usize>], k: usize, seed: u64) ->
         .par_iter()
         .enumerate()
         .map(|(s, rows)| {
-            let cells = rows.len().div_ceil(CELL_USERS).clamp(1, MAX_CELLS);
+            let members = (rows.len() as f64 * scale.max(1.0)).round() as usize;
+            let cells = members.div_ceil(CELL_USERS).clamp(1, MAX_CELLS);
             if rows.is_empty() {
                 return Array2::zeros((0, e.ncols()));
             }
@@ -96,7 +99,7 @@ mod tests {
         let mut rng = ChaCha8Rng::seed_from_u64(4);
         let e = Array2::from_shape_fn((3000, 3), |_| rng.gen_range(-1.0..1.0));
         let labels: Vec<Option<usize>> = (0..3000).map(|i| if i % 10 == 0 { None } else { Some(i % 2) }).collect();
-        let cells = fit(e.view(), &labels, 2, 1);
+        let cells = fit(e.view(), &labels, 2, 1.0, 1);
         assert_eq!(cells.len(), 2);
         assert!(cells.iter().all(|c| c.nrows() == 3 && c.ncols() == 3), "1350 users a segment: 3 cells");
         let assigned = assign(&cells, e.view(), &labels);
@@ -107,6 +110,6 @@ mod tests {
             }
         }
         // deterministic
-        assert_eq!(fit(e.view(), &labels, 2, 1), cells);
+        assert_eq!(fit(e.view(), &labels, 2, 1.0, 1), cells);
     }
 }

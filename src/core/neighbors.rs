@@ -171,7 +171,7 @@ mod tests {
                 (0..4).min_by(|&a, &b| euclid(&row, &centroids[a]).total_cmp(&euclid(&row, &centroids[b])))
             })
             .collect();
-        let cell_centres = cells::fit(e.view(), &labels, 4, 3);
+        let cell_centres = cells::fit(e.view(), &labels, 4, 1.0, 3);
         let cell_of = cells::assign(&cell_centres, e.view(), &labels);
         let stored: Vec<Vec<f32>> = (0..n).map(|i| e.row(i).iter().map(|&v| v as f32).collect()).collect();
         let ids: Vec<(i32, Vec<f64>)> = centroids.iter().enumerate().map(|(i, c)| (i as i32 + 10, c.clone())).collect();

@@ -66,7 +66,7 @@ impl Model {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Metrics {
     pub k: usize,
     pub users: usize,
@@ -123,6 +123,9 @@ impl<F: FnMut(&str)> Progress for F {
     }
 }
 
+/// Fits a model on `columns` (every user in memory): [`train`] on the training sample, then
+/// [`Placer`] over every user in one batch. The glue layer uses the two steps itself to stream
+/// large populations through in batches; both ways give the same result.
 pub fn fit(
     features: Vec<FeatureDef>,
     columns: &[Vec<Option<f64>>],
@@ -131,15 +134,47 @@ pub fn fit(
     progress: &mut dyn Progress,
 ) -> Result<FitResult> {
     let n = columns.first().map_or(0, Vec::len);
+    validate_k(k, n, opts)?;
+    let sample = training_sample(n, opts);
+    let training: Vec<Vec<Option<f64>>> = columns.iter().map(|c| sample.iter().map(|&i| c[i]).collect()).collect();
+    let trained = train(features, &training, n, k, opts, progress)?;
+    let mut placer = Placer::new(&trained.model, n);
+    placer.add(&trained.model, &(0..n).collect::<Vec<_>>(), columns);
+    Ok(placer.finish(trained, opts.seed, progress))
+}
+
+/// The users (row numbers from 0) the model is trained on: a seeded sample of `opts.sample`.
+pub fn training_sample(n: usize, opts: &Options) -> Vec<usize> {
+    clustering::sample_rows(n, opts.sample, opts.seed)
+}
+
+/// A model trained on a sample, before every user is placed.
+pub struct Trained {
+    pub model: Model,
+    pub report: FitReport,
+    started: Instant,
+}
+
+/// Learns everything from the training users' raw features (`training`, column-major): scaler,
+/// encoder, clusters (ordered by size) and cells (as many as `population` users need).
+pub fn train(
+    features: Vec<FeatureDef>,
+    training: &[Vec<Option<f64>>],
+    population: usize,
+    k: Option<i32>,
+    opts: &Options,
+    progress: &mut dyn Progress,
+) -> Result<Trained> {
+    let n = training.first().map_or(0, Vec::len);
     let started = Instant::now();
     let say = |progress: &mut dyn Progress, what: String| {
         progress.phase(&format!("{what} ({:.1} s into training)", started.elapsed().as_secs_f64()))
     };
     validate_k(k, n, opts)?;
 
-    let scaler = Scaler::fit(&features, columns);
-    let x = scaler.transform(columns);
-    say(progress, format!("scaled {} features for {n} users", features.len()));
+    let scaler = Scaler::fit(&features, training);
+    let x = scaler.transform(training);
+    say(progress, format!("scaled {} features of {n} training users", features.len()));
 
     let dims = match opts.dims {
         Some(d) if opts.embedding != EmbeddingChoice::None && d > features.len() => {
@@ -152,9 +187,8 @@ pub fn fit(
         Some(d) => d,
         None => embedding::default_dims(features.len()),
     };
-    let sample = clustering::sample_rows(n, opts.sample, opts.seed);
-    let ae_rows = clustering::sample_rows(sample.len(), AUTOENCODER_MAX_ROWS, opts.seed ^ 1);
-    let ae_train = x.select(Axis(0), &ae_rows.iter().map(|&i| sample[i]).collect::<Vec<_>>());
+    let ae_rows = clustering::sample_rows(n, AUTOENCODER_MAX_ROWS, opts.seed ^ 1);
+    let ae_train = x.select(Axis(0), &ae_rows);
     let (encoder, emb_report) = embedding::fit_encoder(ae_train.view(), opts.embedding, dims, opts.seed);
     let e = encoder.encode(x.view());
     say(
@@ -168,46 +202,30 @@ pub fn fit(
         ),
     );
 
-    let e_sample = e.select(Axis(0), &sample);
     let (clusters, k_scores, eps, min_points) = match opts.algorithm {
         Algorithm::Kmeans => {
             let (k, scores) = match k {
                 Some(k) => (k as usize, Vec::new()),
-                None => clustering::choose_k(e_sample.view(), opts.k_range, opts.seed)?,
+                None => clustering::choose_k(e.view(), opts.k_range, opts.seed)?,
             };
             // The scoring run's centroids for this k are one more start for the final fit.
             let warm = scores.iter().find(|s| s.k == k).and_then(|s| s.centroids.as_ref());
-            let centroids = clustering::kmeans_from(e_sample.view(), k, clustering::FINAL_RUNS, opts.seed, warm)?;
+            let centroids = clustering::kmeans_from(e.view(), k, clustering::FINAL_RUNS, opts.seed, warm)?;
             (Clustering { centroids, radii: None }, scores, None, None)
         }
         Algorithm::Dbscan => {
-            let idx = clustering::sample_rows(e_sample.nrows(), DBSCAN_MAX_ROWS, opts.seed ^ 2);
-            let s = e_sample.select(Axis(0), &idx);
+            let idx = clustering::sample_rows(e.nrows(), DBSCAN_MAX_ROWS, opts.seed ^ 2);
+            let s = e.select(Axis(0), &idx);
             let min_points = opts.min_points.unwrap_or(2 * encoder.dims()).max(2);
             let eps = opts.eps.unwrap_or_else(|| clustering::estimate_eps(s.view(), min_points, opts.seed));
             (clustering::dbscan(s.view(), eps, min_points)?, Vec::new(), Some(eps), Some(min_points))
         }
     };
     let clusters = clustering::order_by_size(clusters, e.view());
-    say(progress, format!("clustered: {} segments from {} training users", clusters.k(), sample.len()));
+    say(progress, format!("clustered: {} segments from {n} training users", clusters.k()));
 
-    let assignments = clusters.assign(e.view());
-    let labels = clustering::labels_of(&assignments);
-    let metrics = evaluate(e.view(), &labels, &assignments, &clusters, opts.seed);
-    say(
-        progress,
-        format!(
-            "evaluated: silhouette {:.3}, davies-bouldin {:.3}, coverage {:.3}",
-            metrics.silhouette, metrics.davies_bouldin, metrics.coverage
-        ),
-    );
-
-    let cell_centres = cells::fit(e.view(), &labels, clusters.k(), opts.seed);
-    let user_cells = cells::assign(&cell_centres, e.view(), &labels);
-
-    let feature_names: Vec<String> = features.iter().map(|f| f.name.clone()).collect();
-    let weights: Vec<f64> = scaler.features.iter().map(|f| f.weight).collect();
-    let segments = describe(x.view(), &weights, columns, &labels, clusters.k(), &feature_names);
+    let labels = clustering::labels_of(&clusters.assign(e.view()));
+    let cell_centres = cells::fit(e.view(), &labels, clusters.k(), population as f64 / n.max(1) as f64, opts.seed);
     let report = FitReport {
         algorithm: opts.algorithm,
         embedding: emb_report,
@@ -215,10 +233,10 @@ pub fn fit(
         k_scores,
         eps,
         min_points,
-        training_rows: sample.len(),
-        metrics,
+        training_rows: n,
+        metrics: Metrics::default(),
     };
-    Ok(FitResult {
+    Ok(Trained {
         model: Model {
             features,
             scaler,
@@ -228,11 +246,69 @@ pub fn fit(
             cells: cell_centres,
         },
         report,
-        segments,
-        assignments,
-        cells: user_cells,
-        embeddings: e,
+        started,
     })
+}
+
+/// Places users under a trained model, batch by batch (in any order: each batch says which
+/// rows it holds), keeping per user only the segment, distance, cell and embedding, and per
+/// segment the sums its description needs. Memory: about `8 × (dims + 3)` bytes per user plus
+/// one batch.
+pub struct Placer {
+    assignments: Vec<Option<(usize, f64)>>,
+    cells: Vec<Option<i32>>,
+    embeddings: Array2<f64>,
+    sums: SegmentSums,
+}
+
+impl Placer {
+    pub fn new(model: &Model, population: usize) -> Placer {
+        let k = model.clustering.k();
+        Placer {
+            assignments: vec![None; population],
+            cells: vec![None; population],
+            embeddings: Array2::zeros((population, model.encoder.dims())),
+            sums: SegmentSums::new(k, model.features.len()),
+        }
+    }
+
+    /// Places the users at `rows` (row numbers from 0) whose raw features are `columns`.
+    pub fn add(&mut self, model: &Model, rows: &[usize], columns: &[Vec<Option<f64>>]) {
+        let x = model.scaler.transform(columns);
+        let e = model.encoder.encode(x.view());
+        let assigned = model.clustering.assign(e.view());
+        let labels = clustering::labels_of(&assigned);
+        let cells = cells::assign(&model.cells, e.view(), &labels);
+        self.sums.add(x.view(), columns, &labels);
+        for (i, &row) in rows.iter().enumerate() {
+            self.assignments[row] = assigned[i];
+            self.cells[row] = cells[i];
+            self.embeddings.row_mut(row).assign(&e.row(i));
+        }
+    }
+
+    /// Per user: (segment index, distance), cell and embedding.
+    pub fn into_parts(self) -> (Vec<Option<(usize, f64)>>, Vec<Option<i32>>, Array2<f64>) {
+        (self.assignments, self.cells, self.embeddings)
+    }
+
+    /// Evaluates and describes the segments over everyone placed.
+    pub fn finish(self, trained: Trained, seed: u64, progress: &mut dyn Progress) -> FitResult {
+        let Trained { model, mut report, started } = trained;
+        let labels = clustering::labels_of(&self.assignments);
+        report.metrics = evaluate(self.embeddings.view(), &labels, &self.assignments, &model.clustering, seed);
+        progress.phase(&format!(
+            "evaluated: silhouette {:.3}, davies-bouldin {:.3}, coverage {:.3} ({:.1} s into training)",
+            report.metrics.silhouette,
+            report.metrics.davies_bouldin,
+            report.metrics.coverage,
+            started.elapsed().as_secs_f64()
+        ));
+        let names: Vec<String> = model.features.iter().map(|f| f.name.clone()).collect();
+        let weights: Vec<f64> = model.scaler.features.iter().map(|f| f.weight).collect();
+        let segments = self.sums.describe(&weights, &names);
+        FitResult { model, report, segments, assignments: self.assignments, cells: self.cells, embeddings: self.embeddings }
+    }
 }
 
 fn fmt_opt(v: Option<f64>) -> String {
@@ -252,7 +328,8 @@ pub fn check_k(k: Option<i32>) -> Result<()> {
     }
 }
 
-fn validate_k(k: Option<i32>, n: usize, opts: &Options) -> Result<()> {
+/// The checks on `k` against the number of users `n`.
+pub fn validate_k(k: Option<i32>, n: usize, opts: &Options) -> Result<()> {
     check_k(k)?;
     if n == 0 {
         return Err(SegError::new(ErrorKind::NoData, "no usable rows to segment")
@@ -302,45 +379,63 @@ fn evaluate(
     }
 }
 
-/// Sizes, scaled-feature profiles and names of the segments.
-fn describe(
-    x: ArrayView2<f64>,
-    weights: &[f64],
-    columns: &[Vec<Option<f64>>],
-    labels: &[Option<usize>],
-    k: usize,
-    names: &[String],
-) -> Vec<Segment> {
-    let (means, counts) = clustering::cluster_means(x, labels, k);
-    let profiles: Vec<Vec<f64>> =
-        (0..k).map(|c| means.row(c).iter().zip(weights).map(|(m, w)| m / w).collect()).collect();
-    // One pass per feature column: (sum, count) per segment over the users that have it.
-    let mut raw_means = vec![vec![f64::NAN; columns.len()]; k];
-    for (j, col) in columns.iter().enumerate() {
-        let mut acc = vec![(0.0, 0usize); k];
-        for (v, l) in col.iter().zip(labels) {
-            if let (Some(v), Some(c)) = (v, l) {
-                if v.is_finite() {
-                    acc[*c].0 += v;
-                    acc[*c].1 += 1;
+/// Per segment: the sums behind its description (scaled-feature means for the profile, raw
+/// means over the members that have each feature), added batch by batch.
+struct SegmentSums {
+    counts: Vec<usize>,
+    scaled: Array2<f64>,
+    /// (sum, count) per segment and feature.
+    raw: Vec<Vec<(f64, usize)>>,
+}
+
+impl SegmentSums {
+    fn new(k: usize, features: usize) -> SegmentSums {
+        SegmentSums { counts: vec![0; k], scaled: Array2::zeros((k, features)), raw: vec![vec![(0.0, 0); features]; k] }
+    }
+
+    fn add(&mut self, x: ArrayView2<f64>, columns: &[Vec<Option<f64>>], labels: &[Option<usize>]) {
+        for (i, l) in labels.iter().enumerate() {
+            if let Some(c) = *l {
+                let mut row = self.scaled.row_mut(c);
+                row += &x.row(i);
+                self.counts[c] += 1;
+            }
+        }
+        for (j, col) in columns.iter().enumerate() {
+            for (v, l) in col.iter().zip(labels) {
+                if let (Some(v), Some(c)) = (v, l) {
+                    if v.is_finite() {
+                        self.raw[*c][j].0 += v;
+                        self.raw[*c][j].1 += 1;
+                    }
                 }
             }
         }
-        for (c, (sum, n)) in acc.into_iter().enumerate() {
-            if n > 0 {
-                raw_means[c][j] = sum / n as f64;
-            }
-        }
     }
-    let views: Vec<Profile> = profiles.iter().map(|z| Profile { names, z }).collect();
-    let seg_names = naming::name_segments(&views);
-    profiles
-        .into_iter()
-        .zip(raw_means)
-        .zip(seg_names)
-        .zip(counts)
-        .map(|(((profile, raw_means), name), users)| Segment { name, users, profile, raw_means })
-        .collect()
+
+    /// Sizes, scaled-feature profiles and names of the segments.
+    fn describe(self, weights: &[f64], names: &[String]) -> Vec<Segment> {
+        let profiles: Vec<Vec<f64>> = (0..self.counts.len())
+            .map(|c| {
+                let n = self.counts[c].max(1) as f64;
+                self.scaled.row(c).iter().zip(weights).map(|(s, w)| if self.counts[c] > 0 { s / n / w } else { 0.0 }).collect()
+            })
+            .collect();
+        let raw_means: Vec<Vec<f64>> = self
+            .raw
+            .iter()
+            .map(|per| per.iter().map(|&(sum, n)| if n > 0 { sum / n as f64 } else { f64::NAN }).collect())
+            .collect();
+        let views: Vec<Profile> = profiles.iter().map(|z| Profile { names, z }).collect();
+        let seg_names = naming::name_segments(&views);
+        profiles
+            .into_iter()
+            .zip(raw_means)
+            .zip(seg_names)
+            .zip(self.counts)
+            .map(|(((profile, raw_means), name), users)| Segment { name, users, profile, raw_means })
+            .collect()
+    }
 }
 
 #[cfg(test)]
@@ -395,6 +490,33 @@ mod tests {
         assert_eq!(again.assignments, r.assignments);
         let names: std::collections::HashSet<_> = r.segments.iter().map(|s| s.name.clone()).collect();
         assert_eq!(names.len(), 3, "unique names");
+    }
+
+    #[test]
+    fn placing_in_batches_in_any_order_equals_one_batch() {
+        let (defs, cols, _) = raw(100);
+        let opts = Options::default();
+        let whole = fit(defs.clone(), &cols, Some(3), &opts, &mut |_: &str| {}).unwrap();
+        let n = cols[0].len();
+        let trained = train(defs, &cols, n, Some(3), &opts, &mut |_: &str| {}).unwrap();
+        assert_eq!(trained.model, whole.model);
+        let mut placer = Placer::new(&trained.model, n);
+        let order: Vec<usize> = (0..n).rev().collect();
+        for rows in order.chunks(7) {
+            let batch: Vec<Vec<Option<f64>>> = cols.iter().map(|c| rows.iter().map(|&i| c[i]).collect()).collect();
+            placer.add(&trained.model, rows, &batch);
+        }
+        let streamed = placer.finish(trained, opts.seed, &mut |_: &str| {});
+        assert_eq!(streamed.assignments, whole.assignments);
+        assert_eq!(streamed.cells, whole.cells);
+        let diff = (&streamed.embeddings - &whole.embeddings).mapv(f64::abs).fold(0.0f64, |a, &b| a.max(b));
+        assert!(diff < 1e-12, "embeddings differ by {diff}");
+        for (a, b) in streamed.segments.iter().zip(&whole.segments) {
+            assert_eq!((a.users, &a.name), (b.users, &b.name));
+            assert!(a.profile.iter().zip(&b.profile).all(|(x, y)| (x - y).abs() < 1e-9));
+        }
+        let (a, b) = (streamed.report.metrics.inertia, whole.report.metrics.inertia);
+        assert!((a - b).abs() <= 1e-9 * b.abs());
     }
 
     #[test]

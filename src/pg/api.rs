@@ -114,8 +114,7 @@ fn fit_model_inner(args: &FitArgs, reason: &str) -> crate::core::error::Result<V
     debug1!("pg_segment: top categories ({})", took());
     let feats = features::catalogue(&categories, orders.category.is_some(), events.is_some());
     let sql = features::features_sql(WORK_TABLE, &osql, events.as_ref().map(Events::sql).as_ref(), &feats, as_of, opts.dedupe, &opts.timezone);
-    let (columns, duplicates, counted) = source::compute_features(&sql, &feats)?;
-    let users = columns.first().map_or(0, Vec::len);
+    let source::Materialized { users, duplicates, counted_rows: counted } = source::materialize_features(&sql)?;
     notice!("pg_segment: features for {users} users from {} order rows ({} into the call)", skipped.total, took());
     skipped.duplicates = duplicates;
     skipped.duplicates_removed = opts.dedupe;
@@ -135,7 +134,20 @@ fn fit_model_inner(args: &FitArgs, reason: &str) -> crate::core::error::Result<V
     }
 
     let feature_names: Vec<String> = feats.iter().map(|f| f.name.clone()).collect();
-    let mut fit = pipeline::fit(feats, &columns, k, opts, &mut |s: &str| notice!("pg_segment: {s}"))?;
+    // Train on a sample read into memory, then place every user batch by batch: the backend
+    // holds the sample's features and a few numbers per user, never every user's features.
+    pipeline::validate_k(k, users, opts)?;
+    let sample = pipeline::training_sample(users, opts);
+    let training = source::read_features_of(&feats, &sample)?;
+    let progress = &mut |s: &str| notice!("pg_segment: {s}");
+    let trained = pipeline::train(feats, &training, users, k, opts, progress)?;
+    drop(training);
+    let mut placer = pipeline::Placer::new(&trained.model, users);
+    source::for_each_batch(&trained.model.features, |rows, columns| {
+        placer.add(&trained.model, rows, columns);
+        Ok(())
+    })?;
+    let mut fit = placer.finish(trained, opts.seed, progress);
 
     catalog::lock_model(model)?;
     let version = catalog::next_version(model)?;

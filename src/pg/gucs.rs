@@ -13,6 +13,8 @@ pub static REFIT_DRIFT: GucSetting<f64> = GucSetting::<f64>::new(0.2);
 
 pub static MAX_THREADS: GucSetting<i32> = GucSetting::<i32>::new(0);
 
+pub static BATCH_USERS: GucSetting<i32> = GucSetting::<i32>::new(50_000);
+
 pub fn init() {
     GucRegistry::define_float_guc(
         c"pg_segment.refit_drift",
@@ -41,6 +43,16 @@ pub fn init() {
         &MAX_THREADS,
         0,
         1024,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"pg_segment.batch_users",
+        c"Users whose features a fit or refresh reads into memory at a time.",
+        c"segment_users and segment_refresh stream every user's features from a temporary table in batches of this many users; larger batches cost more memory and fewer round trips. Results do not depend on it.",
+        &BATCH_USERS,
+        100,
+        10_000_000,
         GucContext::Userset,
         GucFlags::default(),
     );

@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use crate::core::error::{ErrorKind, Result, SegError};
 use crate::core::features::{self, quote_ident, quote_literal, AsOf, EventsSql, OrdersSql, TopCategory, RFM_COLUMNS};
 use crate::core::options::Options;
-use crate::core::pipeline::Model;
+use crate::core::pipeline::{Model, Placer};
 use crate::pg::catalog::{self, history_table, queue_table, users_table};
 use crate::pg::error::{from_spi, OrRaise};
 use crate::pg::gucs;
@@ -640,10 +640,13 @@ fn refresh_all(model: &str, refit: Option<bool>) -> Result<Vec<SegmentRow>> {
         live.dedupe,
         &live.timezone,
     );
-    let (columns, _, _) = crate::pg::source::compute_features(&sql, &live.feats)?;
-    let users = columns.first().map_or(0, Vec::len);
-    let placed = live.fitted.assign(&columns);
-    let (embedding, assigned) = (&placed.embedding, &placed.assigned);
+    let users = crate::pg::source::materialize_features(&sql)?.users;
+    let mut placer = Placer::new(&live.fitted, users);
+    crate::pg::source::for_each_batch(&live.feats, |rows, columns| {
+        placer.add(&live.fitted, rows, columns);
+        Ok(())
+    })?;
+    let (assigned, cells, embedding) = placer.into_parts();
     catalog::lock_model(model)?;
     let touched = catalog::touched_since(model, since)?;
     let names: Vec<String> = live.feats.iter().map(|f| f.name.clone()).collect();
@@ -651,9 +654,9 @@ fn refresh_all(model: &str, refit: Option<bool>) -> Result<Vec<SegmentRow>> {
         model,
         live.version,
         &names,
-        assigned.iter().map(|a| a.map(|(s, _)| s)).collect(),
+        assigned.iter().map(|a| a.map(|(c, _)| live.fitted.segment_id(c))).collect(),
         assigned.iter().map(|a| a.map(|(_, d)| d)).collect(),
-        placed.cells.clone(),
+        cells,
         embedding.iter().map(|&v| v as f32).collect(),
         embedding.ncols(),
         "refresh",

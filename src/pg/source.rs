@@ -289,43 +289,96 @@ pub fn drop_temp_table(name: &str) -> Result<()> {
 /// Name of the per-call work table holding one row per user.
 pub const WORK_TABLE: &str = "pg_temp.segment_features_work";
 
-/// Materialises the features into [`WORK_TABLE`], then reads them column by column.
-/// Returns (columns, duplicate rows seen, order rows counted in the features).
-pub fn compute_features(sql: &str, feats: &[FeatureDef]) -> Result<(Vec<Vec<Option<f64>>>, i64, i64)> {
+/// What [`materialize_features`] found.
+pub struct Materialized {
+    /// Users, numbered `rn` 1..=users in the work table (by user key).
+    pub users: usize,
+    /// Exact duplicate order rows seen.
+    pub duplicates: i64,
+    /// Order rows counted in the features.
+    pub counted_rows: i64,
+}
+
+/// Materialises the features into [`WORK_TABLE`] (one row per user, numbered by `rn`).
+pub fn materialize_features(sql: &str) -> Result<Materialized> {
     // A second call in the same transaction finds the first call's table (ON COMMIT DROP).
     drop_temp_table(WORK_TABLE)?;
     let started = std::time::Instant::now();
     Spi::run(sql).map_err(from_spi)?;
     debug1!("pg_segment: features computed in {:.1} s", started.elapsed().as_secs_f64());
-    // One scan, no sort: the arrays come in the same (physical) order, `rn` says where each
-    // row belongs.
-    let arrays: Vec<String> = feats.iter().map(|f| format!("array_agg({})", features::quote_ident(&f.name))).collect();
-    let query = format!(
-        "SELECT coalesce(sum(duplicates), 0)::int8, coalesce(sum(frequency), 0)::int8, array_agg(rn), {} FROM {WORK_TABLE}",
-        arrays.join(", ")
-    );
     Spi::connect(|c| {
-        let t = c.select(&query, Some(1), &[]).map_err(from_spi)?;
+        let t = c
+            .select(
+                &format!("SELECT count(*), coalesce(sum(duplicates), 0)::int8, coalesce(sum(frequency), 0)::int8 FROM {WORK_TABLE}"),
+                Some(1),
+                &[],
+            )
+            .map_err(from_spi)?;
         let row = t.first();
-        let duplicates: i64 = row.get(1).map_err(from_spi)?.unwrap_or(0);
-        let counted_rows: i64 = row.get(2).map_err(from_spi)?.unwrap_or(0);
-        let rn: Vec<i64> = row.get(3).map_err(from_spi)?.unwrap_or_default();
-        let place: Vec<usize> = rn.iter().map(|&r| (r - 1) as usize).collect();
-        if place.iter().any(|&p| p >= rn.len()) {
-            return Err(crate::core::error::SegError::new(
-                crate::core::error::ErrorKind::Internal,
-                "the features work table is not numbered 1..n",
-            ));
-        }
-        let mut cols = Vec::with_capacity(feats.len());
-        for i in 0..feats.len() {
-            let col: Vec<Option<f64>> = row.get(i + 4).map_err(from_spi)?.unwrap_or_default();
-            let mut ordered = vec![None; col.len()];
-            for (v, &p) in col.into_iter().zip(&place) {
-                ordered[p] = v;
-            }
-            cols.push(ordered);
-        }
-        Ok((cols, duplicates, counted_rows))
+        let get = |i| row.get::<i64>(i).map(Option::unwrap_or_default).map_err(from_spi);
+        Ok(Materialized { users: get(1)? as usize, duplicates: get(2)?, counted_rows: get(3)? })
     })
+}
+
+fn feature_list(feats: &[FeatureDef]) -> String {
+    feats.iter().map(|f| features::quote_ident(&f.name)).collect::<Vec<_>>().join(", ")
+}
+
+/// Reads one batch of rows `(rn, feature...)` into row positions (`rn - 1`) and columns.
+fn read_rows(t: pgrx::spi::SpiTupleTable, n_feats: usize) -> Result<(Vec<usize>, Vec<Vec<Option<f64>>>)> {
+    let mut rows = Vec::with_capacity(t.len());
+    let mut columns = vec![Vec::with_capacity(t.len()); n_feats];
+    for row in t {
+        rows.push((row.get::<i64>(1).map_err(from_spi)?.unwrap_or(0) - 1) as usize);
+        for (j, col) in columns.iter_mut().enumerate() {
+            col.push(row.get::<f64>(j + 2).map_err(from_spi)?);
+        }
+    }
+    Ok((rows, columns))
+}
+
+/// The features of the users at `rows` (positions from 0, ascending), in that order.
+pub fn read_features_of(feats: &[FeatureDef], rows: &[usize]) -> Result<Vec<Vec<Option<f64>>>> {
+    let rns: Vec<i64> = rows.iter().map(|&r| r as i64 + 1).collect();
+    let (found, columns) = Spi::connect(|c| {
+        let sql = format!("SELECT w.rn, {} FROM {WORK_TABLE} w JOIN unnest($1::int8[]) AS s(rn) USING (rn)", feature_list(feats));
+        let args: [DatumWithOid; 1] = [rns.into()];
+        read_rows(c.select(&sql, None, &args).map_err(from_spi)?, feats.len())
+    })?;
+    let mut ordered = vec![vec![None; rows.len()]; feats.len()];
+    for (i, row) in found.iter().enumerate() {
+        let at = rows.binary_search(row).map_err(|_| {
+            SegError::new(ErrorKind::Internal, "the features work table is not numbered 1..n")
+        })?;
+        for (out, col) in ordered.iter_mut().zip(&columns) {
+            out[at] = col[i];
+        }
+    }
+    Ok(ordered)
+}
+
+/// Streams every user's features to `each(row positions, columns)` in batches of
+/// `pg_segment.batch_users`; each batch is read in its own SPI connection, so its memory is freed
+/// before the next one.
+pub fn for_each_batch(
+    feats: &[FeatureDef],
+    mut each: impl FnMut(&[usize], &[Vec<Option<f64>>]) -> Result<()>,
+) -> Result<()> {
+    let sql = format!("SELECT rn, {} FROM {WORK_TABLE}", feature_list(feats));
+    let batch = crate::pg::gucs::BATCH_USERS.get().max(1).into();
+    let mut cursor = Spi::connect(|c| c.try_open_cursor(sql.as_str(), &[]).map(|c| c.detach_into_name())).map_err(from_spi)?;
+    loop {
+        let (rows, columns, name) = Spi::connect(|c| {
+            let mut cur = c.find_cursor(&cursor).map_err(from_spi)?;
+            let (rows, columns) = read_rows(cur.fetch(batch).map_err(from_spi)?, feats.len())?;
+            Ok::<_, SegError>((rows, columns, cur.detach_into_name()))
+        })?;
+        cursor = name;
+        if rows.is_empty() {
+            break;
+        }
+        each(&rows, &columns)?;
+    }
+    // dropping the cursor closes it
+    Spi::connect(|c| c.find_cursor(&cursor).map(drop)).map_err(from_spi)
 }
