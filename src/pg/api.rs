@@ -495,13 +495,15 @@ fn describe(model: &str, epsilon: Option<f64>) -> crate::core::error::Result<Vec
         .collect())
 }
 
-/// Times pg_segment's k-means alone on a model's stored embeddings (one k-means++ start, at most
-/// `max_iter` iterations): the P2 comparison of `make bench` with scikit-learn on the same matrix.
+/// Times pg_segment's k-means alone on a model's stored embeddings (one k-means++ start from
+/// `seed`, at most `max_iter` iterations): the P2 comparison of `make bench` with scikit-learn on
+/// the same matrix.
 #[pg_extern(name = "_segment_kmeans_benchmark", volatile, parallel_unsafe)]
 fn kmeans_benchmark(
     model: &str,
     k: i32,
     max_iter: default!(i32, 300),
+    seed: default!(i32, 42),
 ) -> TableIterator<'static, (name!(seconds, f64), name!(inertia, f64), name!(users, i64), name!(dims, i32))> {
     catalog::check_model_name(model).or_raise();
     let cur = catalog::current(model).or_raise();
@@ -521,7 +523,7 @@ fn kmeans_benchmark(
     crate::pg::gucs::apply_max_threads();
     let x = ndarray::Array2::from_shape_fn((rows.len(), dims), |(i, j)| rows[i][j] as f64);
     let started = std::time::Instant::now();
-    let (_, inertia) = crate::core::clustering::kmeans_single(x.view(), k as usize, max_iter as usize, 42).or_raise();
+    let (_, inertia) = crate::core::clustering::kmeans_single(x.view(), k as usize, max_iter as usize, seed as u64).or_raise();
     TableIterator::once((started.elapsed().as_secs_f64(), inertia, rows.len() as i64, dims as i32))
 }
 

@@ -12,7 +12,9 @@ previous=0.1.0
 current=$(sed -n 's/^version = "\(.*\)"/\1/p' "$here/../../Cargo.toml" | head -1)
 q() { timeout 300 "$as_pg" psql -X -q -At -v ON_ERROR_STOP=1 -d $db "$@"; }
 "$as_pg" psql -X -q -c "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db" >/dev/null
-trap '"$as_pg" psql -X -q -c "DROP DATABASE IF EXISTS $db" >/dev/null 2>&1' EXIT
+fresh=pg_segment_upgrade_fresh
+"$as_pg" psql -X -q -c "DROP DATABASE IF EXISTS $fresh" -c "CREATE DATABASE $fresh" >/dev/null
+trap '"$as_pg" psql -X -q -c "DROP DATABASE IF EXISTS $db" -c "DROP DATABASE IF EXISTS $fresh" >/dev/null 2>&1' EXIT
 q -c "SET client_min_messages = warning" -c "CREATE EXTENSION pg_segment VERSION '$previous'" \
   -c "SELECT count(*) FROM segment_demo(600, 4, date_trunc('day', now()), 'up')" \
   -c "SELECT count(*) FROM segment_users('up_orders', model => 'up', options => '{\"events\": \"up_events\", \"live\": \"sync\"}')" >/dev/null
@@ -35,3 +37,14 @@ check "live triggers keep working after the update" \
   "$(q -c "SELECT frequency >= 40 FROM segment.up_users WHERE user_id = $user")" "t"
 check "a re-fit after the update writes the next version" \
   "$(q -c "SET client_min_messages = warning" -c "SELECT count(*) > 0 FROM segment_refresh('up', refit => true)" -c "SELECT max(version) FROM segment.models WHERE model = 'up'" | tail -1)" "2"
+
+# The update script and a fresh install define the same functions (signatures, defaults, results).
+functions() {
+    timeout 60 "$as_pg" psql -X -q -At -d "$1" -c "
+        SELECT md5(string_agg(f, '|' ORDER BY f)) FROM (
+          SELECT p.proname || '(' || pg_get_function_arguments(p.oid) || ') ' || pg_get_function_result(p.oid) AS f
+          FROM pg_proc p JOIN pg_depend d ON d.classid = 'pg_proc'::regclass AND d.objid = p.oid AND d.deptype = 'e'
+          JOIN pg_extension e ON e.oid = d.refobjid WHERE e.extname = 'pg_segment') s"
+}
+"$as_pg" psql -X -q -d $fresh -c "CREATE EXTENSION pg_segment" >/dev/null
+check "the updated extension has the functions of a fresh install" "$(functions $db)" "$(functions $fresh)"
