@@ -171,8 +171,9 @@ $phases
   (all candidates of a step in one pass), then Lloyd's iterations with Hamerly's bounds, which
   skip most distance computations and give exactly Lloyd's result, in parallel over fixed
   chunks of rows (\`pg_segment.max_threads\`, default one per core; the result does not depend
-  on the thread count). Inertia differs from scikit-learn's only by where one k-means++ start
-  lands (both sides run one start); with matching starts the optima are the same.
+  on the thread count). A single k-means++ start is a lottery on either side (on these
+  embeddings one of our starts needed 77 iterations to reach a worse optimum, the others about
+  10), so each side runs five seeds and the table compares medians.
 - **P5.** \`segment_refresh\` recomputes every customer (recency moves for everybody every day).
   Applying only the changed customers is what live mode (\`segment_process\`) does: the
   semi-join over their orders and the upsert of their rows.
