@@ -68,6 +68,15 @@ pub struct Params {
 /// The additive smoothing of category shares (see `features::CATEGORY_PRIOR_ORDERS`).
 const PRIOR_ORDERS: f64 = super::features::CATEGORY_PRIOR_ORDERS;
 
+/// Memory the aggregate's states need for `rows` orders of `users` customers, in bytes: one
+/// `OrderRow` each, in arrays grown by doubling (three quarters full on average), plus each
+/// group's state (with its copy of the parameters) and hash table entry. With `users` 0, a lower
+/// bound.
+pub fn state_bytes(rows: u64, users: u64) -> u64 {
+    let row = std::mem::size_of::<OrderRow>() as u64;
+    rows * row * 4 / 3 + users * (std::mem::size_of::<Params>() as u64 + 64)
+}
+
 /// The number of duplicate orders, then the order features in catalogue order: recency, frequency,
 /// monetary, average order value, tenure, interval mean and std, orders in 30 days, money in 90
 /// days, weekend share, hour sin and cos, then one share per category slot (top categories,
@@ -147,6 +156,15 @@ pub fn compute(rows: &mut [OrderRow], p: &Params) -> (f64, Vec<f64>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn state_estimate_grows_with_rows_and_users() {
+        assert_eq!(std::mem::size_of::<OrderRow>(), 32);
+        let one_user = state_bytes(17, 1);
+        assert!(one_user > 17 * 32 && one_user < 17 * 32 * 2 + 1024, "{one_user}");
+        assert!(state_bytes(17_000_000, 1_000_000) > 700_000_000);
+        assert_eq!(state_bytes(0, 0), 0);
+    }
 
     const DAY: i64 = 86_400_000_000;
 

@@ -112,6 +112,7 @@ fn fit_model_inner(args: &FitArgs, reason: &str) -> crate::core::error::Result<V
     debug1!("pg_segment: counted unusable rows ({})", took());
     let categories = source::top_categories(&osql, as_of)?;
     debug1!("pg_segment: top categories ({})", took());
+    warn_if_aggregate_spills(&skipped)?;
     let feats = features::catalogue(&categories, orders.category.is_some(), events.is_some());
     let sql = features::features_sql(WORK_TABLE, &osql, events.as_ref().map(Events::sql).as_ref(), &feats, as_of, opts.dedupe, &opts.timezone);
     let source::Materialized { users, duplicates, counted_rows: counted } = source::materialize_features(&sql)?;
@@ -178,6 +179,43 @@ fn fit_model_inner(args: &FitArgs, reason: &str) -> crate::core::error::Result<V
     live::apply(model, &touched, "order")?;
     notice!("pg_segment: model \"{model}\" version {version} stored: {} segments ({} into the call)", fit.segments.len(), took());
     Ok(rows)
+}
+
+/// Up front, against `maintenance_work_mem` (the fit's `work_mem`, see
+/// `source::with_bulk_settings`): if the order features aggregate cannot keep every customer's
+/// orders in memory, say so. PostgreSQL then spills groups to disk (slower, never out of
+/// memory); the rest of the fit streams users in batches whatever their number.
+fn warn_if_aggregate_spills(skipped: &source::Skipped) -> crate::core::error::Result<()> {
+    let rows = skipped.total
+        - skipped.null_user
+        - skipped.null_time
+        - skipped.null_amount
+        - skipped.non_finite_amount
+        - skipped.after_as_of;
+    let need = crate::core::order_features::state_bytes(rows.max(0) as u64, 0);
+    let budget: Option<f64> = Spi::get_one(
+        "SELECT greatest(pg_catalog.pg_size_bytes(pg_catalog.current_setting('maintenance_work_mem')), \
+                         pg_catalog.pg_size_bytes(pg_catalog.current_setting('work_mem'))) \
+                * pg_catalog.current_setting('hash_mem_multiplier')::float8",
+    )
+    .map_err(crate::pg::error::from_spi)?;
+    let budget = budget.unwrap_or(f64::INFINITY);
+    if need as f64 > budget {
+        let mb = |b: f64| (b / (1024.0 * 1024.0)).ceil();
+        pgrx::pg_sys::panic::ErrorReport::new(
+            PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION,
+            format!(
+                "pg_segment: the order features of {rows} rows need at least {} MB, more than the {} MB maintenance_work_mem allows: parts will be aggregated on disk",
+                mb(need as f64),
+                mb(budget)
+            ),
+            "pg_segment",
+        )
+        .set_detail("the rest of the fit reads customers in batches and needs little memory")
+        .set_hint(format!("SET maintenance_work_mem = '{}MB' makes this fit faster", mb(need as f64 * 1.5) as u64))
+        .report(PgLogLevel::NOTICE);
+    }
+    Ok(())
 }
 
 /// Matches the new clusters to the current version's segments by shared users (Hungarian
