@@ -49,20 +49,23 @@ impl Model {
     /// The embedding, segment id, distance and cell of each user of a batch (`None` for
     /// DBSCAN noise).
     pub fn assign(&self, columns: &[Vec<Option<f64>>]) -> Placement {
-        let e = self.embed(columns);
-        let by_index = self.clustering.assign(e.view());
-        let cells = cells::assign(&self.cells, e.view(), &clustering::labels_of(&by_index));
+        let (_, e, by_index, cells) = self.place(columns);
         let assigned = by_index.into_iter().map(|a| a.map(|(c, d)| (self.segment_id(c), d))).collect();
         Placement { embedding: e, assigned, cells }
     }
 
-    pub fn segment_id(&self, index: usize) -> i32 {
-        self.segment_ids.get(index).copied().unwrap_or(index as i32 + 1)
+    /// Scaled features, embedding, (centroid index, distance) and cell of each user of a batch.
+    #[allow(clippy::type_complexity)]
+    fn place(&self, columns: &[Vec<Option<f64>>]) -> (Array2<f64>, Array2<f64>, Vec<Option<(usize, f64)>>, Vec<Option<i32>>) {
+        let x = self.scaler.transform(columns);
+        let e = self.encoder.encode(x.view());
+        let assigned = self.clustering.assign(e.view());
+        let cells = cells::assign(&self.cells, e.view(), &clustering::labels_of(&assigned));
+        (x, e, assigned, cells)
     }
 
-    /// Scaled features → embedding → segment, for a batch of users (column-major raw input).
-    pub fn embed(&self, columns: &[Vec<Option<f64>>]) -> Array2<f64> {
-        self.encoder.encode(self.scaler.transform(columns).view())
+    pub fn segment_id(&self, index: usize) -> i32 {
+        self.segment_ids.get(index).copied().unwrap_or(index as i32 + 1)
     }
 }
 
@@ -274,12 +277,8 @@ impl Placer {
 
     /// Places the users at `rows` (row numbers from 0) whose raw features are `columns`.
     pub fn add(&mut self, model: &Model, rows: &[usize], columns: &[Vec<Option<f64>>]) {
-        let x = model.scaler.transform(columns);
-        let e = model.encoder.encode(x.view());
-        let assigned = model.clustering.assign(e.view());
-        let labels = clustering::labels_of(&assigned);
-        let cells = cells::assign(&model.cells, e.view(), &labels);
-        self.sums.add(x.view(), columns, &labels);
+        let (x, e, assigned, cells) = model.place(columns);
+        self.sums.add(x.view(), columns, &clustering::labels_of(&assigned));
         for (i, &row) in rows.iter().enumerate() {
             self.assignments[row] = assigned[i];
             self.cells[row] = cells[i];

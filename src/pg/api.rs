@@ -143,12 +143,7 @@ fn fit_model_inner(args: &FitArgs, reason: &str) -> crate::core::error::Result<V
     let progress = &mut |s: &str| notice!("pg_segment: {s}");
     let trained = pipeline::train(feats, &training, users, k, opts, progress)?;
     drop(training);
-    let mut placer = pipeline::Placer::new(&trained.model, users);
-    source::for_each_batch(&trained.model.features, |rows, columns| {
-        placer.add(&trained.model, rows, columns);
-        Ok(())
-    })?;
-    let mut fit = placer.finish(trained, opts.seed, progress);
+    let mut fit = source::place_all(&trained.model, users)?.finish(trained, opts.seed, progress);
 
     catalog::lock_model(model)?;
     let version = catalog::next_version(model)?;
@@ -181,21 +176,15 @@ fn fit_model_inner(args: &FitArgs, reason: &str) -> crate::core::error::Result<V
     Ok(rows)
 }
 
-/// Up front, against `maintenance_work_mem` (the fit's `work_mem`, see
+/// Up front, against the fit's `work_mem` (raised to `maintenance_work_mem` by
 /// `source::with_bulk_settings`): if the order features aggregate cannot keep every customer's
 /// orders in memory, say so. PostgreSQL then spills groups to disk (slower, never out of
 /// memory); the rest of the fit streams users in batches whatever their number.
 fn warn_if_aggregate_spills(skipped: &source::Skipped) -> crate::core::error::Result<()> {
-    let rows = skipped.total
-        - skipped.null_user
-        - skipped.null_time
-        - skipped.null_amount
-        - skipped.non_finite_amount
-        - skipped.after_as_of;
+    let rows = skipped.usable();
     let need = crate::core::order_features::state_bytes(rows.max(0) as u64, 0);
     let budget: Option<f64> = Spi::get_one(
-        "SELECT greatest(pg_catalog.pg_size_bytes(pg_catalog.current_setting('maintenance_work_mem')), \
-                         pg_catalog.pg_size_bytes(pg_catalog.current_setting('work_mem'))) \
+        "SELECT pg_catalog.pg_size_bytes(pg_catalog.current_setting('work_mem')) \
                 * pg_catalog.current_setting('hash_mem_multiplier')::float8",
     )
     .map_err(crate::pg::error::from_spi)?;

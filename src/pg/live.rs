@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use crate::core::error::{ErrorKind, Result, SegError};
 use crate::core::features::{self, quote_ident, quote_literal, AsOf, EventsSql, OrdersSql, TopCategory, RFM_COLUMNS};
 use crate::core::options::Options;
-use crate::core::pipeline::{Model, Placer};
+use crate::core::pipeline::Model;
 use crate::pg::catalog::{self, history_table, queue_table, users_table};
 use crate::pg::error::{from_spi, OrRaise};
 use crate::pg::gucs;
@@ -472,6 +472,13 @@ fn drop_triggers(model: &str) -> Result<()> {
     Spi::run_with_args("DELETE FROM segment.live WHERE model = $1", &[model.into()]).map_err(from_spi)
 }
 
+/// The statement queueing the users `keys` selects. A user already queued has the entry touched
+/// (not skipped): that waits for, or makes skip, a `segment_process` that claimed the entry with
+/// an older snapshot, so the new change is not missed.
+fn enqueue(queue: &str, keys: &str) -> String {
+    format!("INSERT INTO segment.{queue} (user_id) {keys} ON CONFLICT (user_id) DO UPDATE SET enqueued_at = EXCLUDED.enqueued_at")
+}
+
 /// Installs (or removes, for `off`) the live triggers of `model`'s current version.
 pub fn install(model: &str, mode: Mode) -> Result<()> {
     catalog::check_model_name(model)?;
@@ -498,17 +505,18 @@ pub fn install(model: &str, mode: Mode) -> Result<()> {
             let keys = format!("SELECT DISTINCT k FROM ({keys}) s(k) WHERE k IS NOT NULL");
             let body = match mode {
                 Mode::Async => format!(
-                    "INSERT INTO segment.{queue} (user_id) {keys} ON CONFLICT (user_id) DO UPDATE SET enqueued_at = EXCLUDED.enqueued_at; RETURN NULL;"
+                    "{}; RETURN NULL;", enqueue(&queue, &keys)
                 ),
                 _ => format!(
                     "PERFORM {ext_schema}._segment_live_apply({m}, ARRAY({keys})::text[]); \
                      RETURN NULL; \
                    EXCEPTION WHEN OTHERS THEN \
-                     INSERT INTO segment.{queue} (user_id) {keys} ON CONFLICT (user_id) DO UPDATE SET enqueued_at = EXCLUDED.enqueued_at; \
+                     {enqueue}; \
                      RAISE WARNING 'pg_segment: live update of model \"%\" failed: %', {m}, SQLERRM \
                        USING HINT = 'the users were queued; SELECT segment_process(' || quote_literal({m}) || ') applies them'; \
                      RETURN NULL;",
-                    m = quote_literal(model)
+                    m = quote_literal(model),
+                    enqueue = enqueue(&queue, &keys)
                 ),
             };
             write_trigger(model, role, event, rel, &format!("AFTER {op} ON {rel} {referencing} FOR EACH STATEMENT"), &body)?;
@@ -516,8 +524,8 @@ pub fn install(model: &str, mode: Mode) -> Result<()> {
         // TRUNCATE has no transition table: re-derive every user of the model.
         let body = match mode {
             Mode::Async => format!(
-                "INSERT INTO segment.{queue} (user_id) SELECT user_id FROM segment.{t} ON CONFLICT (user_id) DO UPDATE SET enqueued_at = EXCLUDED.enqueued_at; RETURN NULL;",
-                t = quote_ident(&users_table(model))
+                "{}; RETURN NULL;",
+                enqueue(&queue, &format!("SELECT user_id FROM segment.{}", quote_ident(&users_table(model))))
             ),
             _ => format!("PERFORM {ext_schema}._segment_live_truncate({}); RETURN NULL;", quote_literal(model)),
         };
@@ -641,12 +649,7 @@ fn refresh_all(model: &str, refit: Option<bool>) -> Result<Vec<SegmentRow>> {
         &live.timezone,
     );
     let users = crate::pg::source::materialize_features(&sql)?.users;
-    let mut placer = Placer::new(&live.fitted, users);
-    crate::pg::source::for_each_batch(&live.feats, |rows, columns| {
-        placer.add(&live.fitted, rows, columns);
-        Ok(())
-    })?;
-    let (assigned, cells, embedding) = placer.into_parts();
+    let (assigned, cells, embedding) = crate::pg::source::place_all(&live.fitted, users)?.into_parts();
     catalog::lock_model(model)?;
     let touched = catalog::touched_since(model, since)?;
     let names: Vec<String> = live.feats.iter().map(|f| f.name.clone()).collect();

@@ -9,6 +9,7 @@ use crate::core::detect::{self, Column, ColumnType, Role};
 use crate::core::error::{ErrorKind, Result, SegError};
 use crate::core::features::{self, AsOf, EventsSql, FeatureDef, OrdersSql, TopCategory};
 use crate::core::options::{EventsSpec, Options};
+use crate::core::pipeline::{Model, Placer};
 use crate::pg::error::from_spi;
 
 pub struct Relation {
@@ -226,6 +227,13 @@ pub struct Skipped {
     pub duplicates_removed: bool,
 }
 
+impl Skipped {
+    /// Rows none of the skip reasons applies to (duplicates included).
+    pub fn usable(&self) -> i64 {
+        self.total - self.null_user - self.null_time - self.null_amount - self.non_finite_amount - self.after_as_of
+    }
+}
+
 pub fn skipped(o: &OrdersSql, as_of: AsOf) -> Result<Skipped> {
     Spi::connect(|c| {
         let t = c.select(&features::skipped_rows_sql(o, as_of), Some(1), &[]).map_err(from_spi)?;
@@ -360,10 +368,7 @@ pub fn read_features_of(feats: &[FeatureDef], rows: &[usize]) -> Result<Vec<Vec<
 /// Streams every user's features to `each(row positions, columns)` in batches of
 /// `pg_segment.batch_users`; each batch is read in its own SPI connection, so its memory is freed
 /// before the next one.
-pub fn for_each_batch(
-    feats: &[FeatureDef],
-    mut each: impl FnMut(&[usize], &[Vec<Option<f64>>]) -> Result<()>,
-) -> Result<()> {
+fn for_each_batch(feats: &[FeatureDef], mut each: impl FnMut(&[usize], &[Vec<Option<f64>>])) -> Result<()> {
     let sql = format!("SELECT rn, {} FROM {WORK_TABLE}", feature_list(feats));
     let batch = crate::pg::gucs::BATCH_USERS.get().max(1).into();
     let mut cursor = Spi::connect(|c| c.try_open_cursor(sql.as_str(), &[]).map(|c| c.detach_into_name())).map_err(from_spi)?;
@@ -377,8 +382,15 @@ pub fn for_each_batch(
         if rows.is_empty() {
             break;
         }
-        each(&rows, &columns)?;
+        each(&rows, &columns);
     }
     // dropping the cursor closes it
     Spi::connect(|c| c.find_cursor(&cursor).map(drop)).map_err(from_spi)
+}
+
+/// Places every user of the work table (`users` of them) under `model`, batch by batch.
+pub fn place_all(model: &Model, users: usize) -> Result<Placer> {
+    let mut placer = Placer::new(model, users);
+    for_each_batch(&model.features, |rows, columns| placer.add(model, rows, columns))?;
+    Ok(placer)
 }
