@@ -88,9 +88,17 @@ fn pg_test_async_mode_queues_and_process_applies() {
     Spi::run("INSERT INTO v2_orders (user_id, created_at, amount, category) SELECT 7, now() - g * interval '1 day', 500, 'electronics' FROM generate_series(1, 20) g").unwrap();
     Spi::run("INSERT INTO v2_orders (user_id, created_at, amount, category) VALUES (9001, now(), 40, 'books')").unwrap();
     assert_eq!(one::<i64>("SELECT pending FROM segment.live_status WHERE model = 'v2'"), Some(2));
+    assert_eq!(one::<i64>("SELECT count(*) FROM segment.v2_queue"), Some(21), "one appended entry per order");
     assert_eq!(one::<i64>("SELECT count(*) FROM segment.v2_users WHERE user_id = 9001"), Some(0), "not applied yet");
     assert_eq!(one::<i32>("SELECT segment_process('v2', 1)"), Some(1), "max_users is honoured");
-    assert_eq!(one::<i32>("SELECT segment_process('v2')"), Some(1));
+    assert_eq!(one::<i64>("SELECT count(*) FROM segment.v2_queue"), Some(1), "a claimed user's every entry goes");
+    // an index someone put on the queue is kept right (the trigger then inserts through SQL)
+    Spi::run("CREATE INDEX v2_queue_user ON segment.v2_queue (user_id)").unwrap();
+    Spi::run("INSERT INTO v2_orders (user_id, created_at, amount, category) VALUES (9002, now(), 40, 'books')").unwrap();
+    Spi::run("SET enable_seqscan = off").unwrap();
+    assert_eq!(one::<i64>("SELECT count(*) FROM segment.v2_queue WHERE user_id = 9002"), Some(1));
+    Spi::run("RESET enable_seqscan; DROP INDEX segment.v2_queue_user").unwrap();
+    assert_eq!(one::<i32>("SELECT segment_process('v2')"), Some(2));
     assert_eq!(one::<i32>("SELECT segment_process('v2')"), Some(0), "idempotent when drained");
     assert_eq!(one::<i64>("SELECT pending FROM segment.live_status WHERE model = 'v2'"), Some(0));
     assert_eq!(one::<f64>("SELECT frequency FROM segment.v2_users WHERE user_id = 9001"), Some(1.0));
@@ -186,6 +194,13 @@ fn pg_test_application_role_needs_no_rights_on_schema_segment() {
     .unwrap();
     assert_eq!(sqlstate_of("SET ROLE v6_app; SELECT count(*) FROM segment.v6_users"), Some("42501".into()));
     Spi::run("RESET ROLE").unwrap();
+    assert_live_equals_batch("v6");
+    // async: the insert trigger (revoked from PUBLIC) appends for a role without rights on it
+    Spi::run(
+        "SELECT segment_live('v6', 'async');          SET ROLE v6_app;          INSERT INTO v6_orders (user_id, created_at, amount, category) VALUES (5, now(), 7, 'books'), (123456, now(), 8, 'toys');          DELETE FROM v6_orders WHERE user_id = 9;          RESET ROLE;",
+    )
+    .unwrap();
+    assert_eq!(one::<i32>("SELECT segment_process('v6')"), Some(3));
     assert_live_equals_batch("v6");
 }
 

@@ -27,6 +27,7 @@ GRANT SELECT ON ALL TABLES IN SCHEMA segment TO $user;
 GRANT INSERT ON segment.models, segment.centroids TO $user;
 GRANT INSERT, DELETE ON segment.live TO $user;
 GRANT UPDATE (name, description) ON segment.centroids TO $user;
+GRANT EXECUTE ON FUNCTION _segment_enqueue() TO $user;
 SQL
 export PGHOST=127.0.0.1 PGPORT=${PGPORT:-5432} PGUSER=$user PGPASSWORD=$user PGDATABASE=$db
 

@@ -23,3 +23,33 @@ CREATE  FUNCTION "_segment_kmeans_benchmark"(
 STRICT VOLATILE PARALLEL UNSAFE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'kmeans_benchmark_wrapper';
+
+-- Async live mode appends to the queue (no primary key) from a row trigger written in Rust.
+CREATE FUNCTION "_segment_enqueue"()
+	RETURNS TRIGGER
+	LANGUAGE c
+	AS 'MODULE_PATHNAME', '_segment_enqueue_wrapper';
+REVOKE ALL ON FUNCTION _segment_enqueue() FROM PUBLIC;
+
+-- Every live model's triggers are re-written by the new code (which also drops the queue's
+-- primary key): the old async triggers de-duplicated with ON CONFLICT on that key. The trigger
+-- functions belong to the models, not to the extension (pg_dump must dump them), so they leave
+-- the extension they joined by being created inside this script.
+DO $upgrade$
+DECLARE
+    r record;
+BEGIN
+    FOR r IN SELECT model, mode FROM segment.live ORDER BY model LOOP
+        PERFORM @extschema@.segment_live(r.model, r.mode);
+    END LOOP;
+    FOR r IN
+        SELECT p.oid::regprocedure AS fn
+        FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_proc p ON p.oid = d.objid
+        WHERE d.classid = 'pg_catalog.pg_proc'::regclass AND d.refclassid = 'pg_catalog.pg_extension'::regclass
+          AND d.deptype = 'e' AND p.pronamespace = 'segment'::regnamespace
+          AND d.refobjid = (SELECT oid FROM pg_catalog.pg_extension WHERE extname = 'pg_segment')
+    LOOP
+        EXECUTE format('ALTER EXTENSION pg_segment DROP FUNCTION %s', r.fn);
+    END LOOP;
+END
+$upgrade$;

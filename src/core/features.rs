@@ -70,6 +70,12 @@ pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
+/// The name [`quote_ident`] quoted.
+pub fn unquote_ident(quoted: &str) -> String {
+    let inner = quoted.strip_prefix('"').and_then(|q| q.strip_suffix('"')).unwrap_or(quoted);
+    inner.replace("\"\"", "\"")
+}
+
 /// A string literal that is safe whatever `standard_conforming_strings` says.
 pub fn quote_literal(s: &str) -> String {
     if s.contains('\\') {
@@ -392,6 +398,9 @@ mod tests {
     #[test]
     fn quoting() {
         assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+        for name in ["user_id", "Customer Id", "a\"b\"\"c"] {
+            assert_eq!(unquote_ident(&quote_ident(name)), name);
+        }
         assert_eq!(quote_literal("it's"), "'it''s'");
         assert_eq!(quote_literal("a\\b'"), "E'a\\\\b'''");
     }

@@ -172,6 +172,9 @@ fn fit_model_inner(args: &FitArgs, reason: &str) -> crate::core::error::Result<V
     let rows = store(&stored, &feature_names, &orders, events.as_ref(), users, rows_used, rows_skipped, &skipped, reason)?;
     // live writers that committed after the fit's snapshot: apply them under the new version
     live::apply(model, &touched, "order")?;
+    if !previous {
+        live::reinstall(model)?;
+    }
     notice!("pg_segment: model \"{model}\" version {version} stored: {} segments ({} into the call)", fit.segments.len(), took());
     Ok(rows)
 }

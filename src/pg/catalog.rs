@@ -202,7 +202,7 @@ pub fn ensure_users_table(model: &str, key_type: &str) -> Result<bool> {
            WHERE users >= coalesce(nullif(pg_catalog.current_setting('pg_segment.min_segment_size', true), '')::int, 10); \
          COMMENT ON VIEW segment.{sv} IS {svcomment}; \
          CREATE TABLE segment.{q} (\
-           user_id {key_type} PRIMARY KEY, \
+           user_id {key_type} NOT NULL, \
            enqueued_at timestamptz NOT NULL DEFAULT now()); \
          COMMENT ON TABLE segment.{q} IS {qcomment}",
         rfm = rfm.join(", "),
@@ -213,7 +213,7 @@ pub fn ensure_users_table(model: &str, key_type: &str) -> Result<bool> {
         svcomment = quote_literal(&format!(
             "pg_segment model {model}: segment sizes at the end of each day with changes (sizes below pg_segment.min_segment_size are left out)"
         )),
-        qcomment = quote_literal(&format!("pg_segment model {model}: users waiting for segment_process (async live mode)")),
+        qcomment = quote_literal(&format!("pg_segment model {model}: users waiting for segment_process (async live mode; a user may appear more than once)")),
     ))
     .map_err(from_spi)?;
     Ok(false)

@@ -20,6 +20,7 @@ use crate::pg::catalog::{self, history_table, queue_table, users_table};
 use crate::pg::error::{from_spi, OrRaise};
 use crate::pg::gucs;
 use crate::pg::plans;
+use crate::pg::queue;
 
 use pgrx::pg_sys::{self as sys, PgOid};
 
@@ -472,13 +473,6 @@ fn drop_triggers(model: &str) -> Result<()> {
     Spi::run_with_args("DELETE FROM segment.live WHERE model = $1", &[model.into()]).map_err(from_spi)
 }
 
-/// The statement queueing the users `keys` selects. A user already queued has the entry touched
-/// (not skipped): that waits for, or makes skip, a `segment_process` that claimed the entry with
-/// an older snapshot, so the new change is not missed.
-fn enqueue(queue: &str, keys: &str) -> String {
-    format!("INSERT INTO segment.{queue} (user_id) {keys} ON CONFLICT (user_id) DO UPDATE SET enqueued_at = EXCLUDED.enqueued_at")
-}
-
 /// Installs (or removes, for `off`) the live triggers of `model`'s current version.
 pub fn install(model: &str, mode: Mode) -> Result<()> {
     catalog::check_model_name(model)?;
@@ -490,6 +484,17 @@ pub fn install(model: &str, mode: Mode) -> Result<()> {
     }
     let ext_schema = crate::pg::source::extension_schema()?;
     let queue = quote_ident(&queue_table(model));
+    if mode == Mode::Async {
+        let enqueue = quote_literal(&format!("{ext_schema}._segment_enqueue()"));
+        let installed: Option<bool> =
+            Spi::get_one(&format!("SELECT pg_catalog.to_regprocedure({enqueue}) IS NOT NULL")).map_err(from_spi)?;
+        if installed != Some(true) {
+            return Err(SegError::new(ErrorKind::UndefinedObject, "async live mode needs the function _segment_enqueue(), which this installation lacks")
+                .detail("the extension's library is newer than its SQL objects")
+                .hint("ALTER EXTENSION pg_segment UPDATE"));
+        }
+    }
+    drop_queue_key(model)?;
     let mut tables = vec![("orders", live.orders.relation.clone(), live.orders.user.clone())];
     if let Some(e) = &live.events {
         tables.push(("events", e.relation.clone(), e.user.clone()));
@@ -503,10 +508,22 @@ pub fn install(model: &str, mode: Mode) -> Result<()> {
                 _ => format!("SELECT {user} FROM old_rows UNION SELECT {user} FROM new_rows"),
             };
             let keys = format!("SELECT DISTINCT k FROM ({keys}) s(k) WHERE k IS NOT NULL");
+            if mode == Mode::Async && event == "ins" {
+                // the hot path: a row trigger appending straight to the queue (see queue.rs)
+                let name = quote_ident(&object_name(model, role, event));
+                Spi::run(&format!(
+                    "CREATE TRIGGER {name} AFTER INSERT ON {rel} FOR EACH ROW \
+                       EXECUTE FUNCTION {ext_schema}._segment_enqueue({q}, {u}); \
+                     COMMENT ON TRIGGER {name} ON {rel} IS {c}",
+                    q = quote_literal(&queue_table(model)),
+                    u = quote_literal(&features::unquote_ident(user)),
+                    c = quote_literal(&format!("pg_segment: keeps model {model} current")),
+                ))
+                .map_err(from_spi)?;
+                continue;
+            }
             let body = match mode {
-                Mode::Async => format!(
-                    "{}; RETURN NULL;", enqueue(&queue, &keys)
-                ),
+                Mode::Async => format!("{}; RETURN NULL;", queue::append(&queue, &keys)),
                 _ => format!(
                     "PERFORM {ext_schema}._segment_live_apply({m}, ARRAY({keys})::text[]); \
                      RETURN NULL; \
@@ -516,7 +533,7 @@ pub fn install(model: &str, mode: Mode) -> Result<()> {
                        USING HINT = 'the users were queued; SELECT segment_process(' || quote_literal({m}) || ') applies them'; \
                      RETURN NULL;",
                     m = quote_literal(model),
-                    enqueue = enqueue(&queue, &keys)
+                    enqueue = queue::append(&queue, &keys)
                 ),
             };
             write_trigger(model, role, event, rel, &format!("AFTER {op} ON {rel} {referencing} FOR EACH STATEMENT"), &body)?;
@@ -525,7 +542,7 @@ pub fn install(model: &str, mode: Mode) -> Result<()> {
         let body = match mode {
             Mode::Async => format!(
                 "{}; RETURN NULL;",
-                enqueue(&queue, &format!("SELECT user_id FROM segment.{}", quote_ident(&users_table(model))))
+                queue::append(&queue, &format!("SELECT user_id FROM segment.{}", quote_ident(&users_table(model))))
             ),
             _ => format!("PERFORM {ext_schema}._segment_live_truncate({}); RETURN NULL;", quote_literal(model)),
         };
@@ -541,6 +558,37 @@ pub fn install(model: &str, mode: Mode) -> Result<()> {
         ],
     )
     .map_err(from_spi)
+}
+
+/// Re-writes the live triggers of `model` in the mode it is in (if any): after a fit that
+/// re-created its tables (the user key's type changed), the triggers must follow.
+pub fn reinstall(model: &str) -> Result<()> {
+    let mode: Option<String> =
+        Spi::get_one_with_args("SELECT (SELECT mode FROM segment.live WHERE model = $1)", &[model.into()]).map_err(from_spi)?;
+    match mode {
+        Some(mode) => install(model, Mode::parse(&mode)?),
+        None => Ok(()),
+    }
+}
+
+/// Queues made before 0.2.0 have a primary key on the user (the triggers de-duplicated on
+/// insert); the triggers written now append and would fail on it, so it goes before they come.
+fn drop_queue_key(model: &str) -> Result<()> {
+    let key: Option<String> = Spi::get_one_with_args(
+        "SELECT (SELECT conname::text FROM pg_catalog.pg_constraint \
+                 WHERE conrelid = pg_catalog.to_regclass('segment.' || pg_catalog.quote_ident($1)) AND contype = 'p')",
+        &[queue_table(model).into()],
+    )
+    .map_err(from_spi)?;
+    if let Some(key) = key {
+        Spi::run(&format!(
+            "ALTER TABLE segment.{} DROP CONSTRAINT {}",
+            quote_ident(&queue_table(model)),
+            quote_ident(&key)
+        ))
+        .map_err(from_spi)?;
+    }
+    Ok(())
 }
 
 /// Live updates look the touched users up in the source: without an index on the user column
@@ -587,16 +635,7 @@ pub fn process(model: &str, max_users: i32) -> Result<i32> {
     let keys: Vec<String> = Spi::connect_mut(|c| {
         let args: [DatumWithOid; 1] = [max_users.into()];
         let t = c
-            .update(
-                &format!(
-                    "DELETE FROM segment.{queue} WHERE user_id IN ( \
-                       SELECT user_id FROM segment.{queue} ORDER BY enqueued_at, user_id \
-                       LIMIT $1 FOR UPDATE SKIP LOCKED) \
-                     RETURNING user_id::text"
-                ),
-                None,
-                &args,
-            )
+            .update(&queue::claim(&queue), None, &args)
             .map_err(from_spi)?;
         let mut keys = Vec::new();
         for r in t {
@@ -820,7 +859,7 @@ fn queue_stats(
 ) -> TableIterator<'static, (name!(pending, i64), name!(oldest, Option<pgrx::datum::TimestampWithTimeZone>))> {
     let q = quote_ident(&queue_table(model));
     let row = Spi::get_two::<i64, pgrx::datum::TimestampWithTimeZone>(&format!(
-        "SELECT count(*), min(enqueued_at) FROM segment.{q}"
+        "SELECT count(DISTINCT user_id), min(enqueued_at) FROM segment.{q}"
     ))
     .or_raise();
     TableIterator::once((row.0.unwrap_or(0), row.1))

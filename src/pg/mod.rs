@@ -9,6 +9,7 @@ mod gucs;
 mod live;
 mod plots;
 mod plans;
+mod queue;
 mod source;
 
 #[pgrx::pg_guard]

@@ -18,6 +18,9 @@ trap '"$as_pg" psql -X -q -c "DROP DATABASE IF EXISTS $db" -c "DROP DATABASE IF 
 q -c "SET client_min_messages = warning" -c "CREATE EXTENSION pg_segment VERSION '$previous'" \
   -c "SELECT count(*) FROM segment_demo(600, 4, date_trunc('day', now()), 'up')" \
   -c "SELECT count(*) FROM segment_users('up_orders', model => 'up', options => '{\"events\": \"up_events\", \"live\": \"sync\"}')" >/dev/null
+# 0.1.0's queue had a primary key (its triggers de-duplicated on insert); this library's code
+# makes it without one, so put it back to have what a 0.1.0 installation has
+q -c "ALTER TABLE segment.up_queue ADD PRIMARY KEY (user_id)"
 check "version $previous installs" "$(q -c "SELECT extversion FROM pg_extension WHERE extname = 'pg_segment'")" "$previous"
 fingerprint() {
     q -c "SELECT md5(string_agg(x, '|' ORDER BY x)) FROM (
@@ -35,6 +38,13 @@ q -c "INSERT INTO up_orders (user_id, created_at, amount, category)
       SELECT $user, date_trunc('day', now()) - g * interval '2 days', 20, 'grocery' FROM generate_series(1, 40) g" >/dev/null
 check "live triggers keep working after the update" \
   "$(q -c "SELECT frequency >= 40 FROM segment.up_users WHERE user_id = $user")" "t"
+check "the update re-wrote the live triggers (the queue lost its key, the trigger functions are not the extension's)" \
+  "$(q -c "SELECT count(*) FROM pg_constraint WHERE conrelid = 'segment.up_queue'::regclass")/$(q -c "SELECT count(*) FROM pg_depend WHERE deptype = 'e' AND classid = 'pg_proc'::regclass AND objid IN (SELECT oid FROM pg_proc WHERE pronamespace = 'segment'::regnamespace)")" "0/0"
+q -c "SET client_min_messages = warning" -c "SELECT segment_live('up', 'async')" >/dev/null
+q -c "INSERT INTO up_orders (user_id, created_at, amount, category)
+      SELECT $user, date_trunc('day', now()) - g * interval '2 days', 20, 'books' FROM generate_series(1, 10) g" >/dev/null
+check "async after the update: ten orders of one customer are one pending user, applied by segment_process" \
+  "$(q -c "SELECT pending FROM segment.live_status WHERE model = 'up'")/$(q -c "SELECT segment_process('up')")/$(q -c "SELECT frequency >= 50 FROM segment.up_users WHERE user_id = $user")" "1/1/t"
 check "a re-fit after the update writes the next version" \
   "$(q -c "SET client_min_messages = warning" -c "SELECT count(*) > 0 FROM segment_refresh('up', refit => true)" -c "SELECT max(version) FROM segment.models WHERE model = 'up'" | tail -1)" "2"
 
