@@ -158,38 +158,39 @@ pub fn usable_order_predicate(o: &OrdersSql, as_of: AsOf) -> String {
     )
 }
 
-/// One pass that counts every skipped row by reason, plus exact duplicates.
-pub fn skipped_rows_sql(o: &OrdersSql, as_of: AsOf) -> String {
+/// One read of the orders for what a fit needs before its features: every skipped row counted
+/// by reason (one row with `totals` true) and the most frequent categories among usable rows
+/// (each at least 1% of them) with their share of all usable rows and their `rank` (rows with
+/// `totals` false, at most `limit`). Without a category column only the totals row.
+pub fn source_summary_sql(o: &OrdersSql, as_of: AsOf, limit: usize) -> String {
     format!(
-        "SELECT count(*) AS total, \
-           count(*) FILTER (WHERE {u} IS NULL) AS null_user, \
-           count(*) FILTER (WHERE {t} IS NULL) AS null_time, \
-           count(*) FILTER (WHERE {a} IS NULL) AS null_amount, \
-           count(*) FILTER (WHERE ({a})::float8 IN ('NaN', 'Infinity', '-Infinity')) AS non_finite_amount, \
-           count(*) FILTER (WHERE ({t})::timestamptz > {asof}) AS after_as_of \
-         FROM {rel}",
+        "WITH g AS ( \
+           SELECT {cat} AS category, count(*) AS total, \
+             count(*) FILTER (WHERE {u} IS NULL) AS null_user, \
+             count(*) FILTER (WHERE {t} IS NULL) AS null_time, \
+             count(*) FILTER (WHERE {a} IS NULL) AS null_amount, \
+             count(*) FILTER (WHERE ({a})::float8 IN ('NaN', 'Infinity', '-Infinity')) AS non_finite_amount, \
+             count(*) FILTER (WHERE ({t})::timestamptz > {asof}) AS after_as_of, \
+             count(*) FILTER (WHERE {pred}) AS usable \
+           FROM {rel} GROUP BY 1) \
+         SELECT true AS totals, NULL::text AS category, NULL::float8 AS share, 0::int8 AS rank, \
+                sum(total)::int8, sum(null_user)::int8, sum(null_time)::int8, sum(null_amount)::int8, \
+                sum(non_finite_amount)::int8, sum(after_as_of)::int8 \
+         FROM g \
+         UNION ALL \
+         SELECT false, category, share, rank, NULL, NULL, NULL, NULL, NULL, NULL FROM ( \
+           SELECT category, usable::float8 / nullif(sum(usable) OVER (), 0) AS share, \
+                  row_number() OVER (ORDER BY (category IS NULL), usable DESC, category) AS rank \
+           FROM g) s \
+         WHERE category IS NOT NULL AND share >= 0.01 AND rank <= {limit}",
+        cat = o.category.as_ref().map_or("NULL::text".to_string(), |c| format!("({c})::text")),
         u = o.user,
         t = o.time,
         a = o.amount,
         asof = as_of.sql(),
+        pred = usable_order_predicate(o, as_of),
         rel = o.relation
     )
-}
-
-/// The most frequent categories among usable rows (each at least 1% of them) with their share
-/// of all usable rows, for the category-mix features.
-pub fn top_categories_sql(o: &OrdersSql, as_of: AsOf, limit: usize) -> Option<String> {
-    let c = o.category.as_ref()?;
-    Some(format!(
-        "SELECT category, share FROM (\
-           SELECT ({c})::text AS category, count(*) AS n, \
-                  count(*)::float8 / sum(count(*)) OVER () AS share \
-           FROM {rel} WHERE {pred} GROUP BY 1) s \
-         WHERE category IS NOT NULL AND share >= 0.01 \
-         ORDER BY n DESC, category LIMIT {limit}",
-        rel = o.relation,
-        pred = usable_order_predicate(o, as_of)
-    ))
 }
 
 /// Pseudo-orders of the population's mix added to every user's category counts (additive

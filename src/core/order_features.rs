@@ -10,7 +10,7 @@
 
 use std::f64::consts::PI;
 
-/// Category slots: the top categories (at most 8, see `source::top_categories`) and "other".
+/// Category slots: the top categories (at most 8, see `features::source_summary_sql`) and "other".
 pub const MAX_CATEGORY_SLOTS: usize = 16;
 
 const MICROS_PER_DAY: f64 = 86_400.0 * 1_000_000.0;

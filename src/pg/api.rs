@@ -108,10 +108,8 @@ fn fit_model_inner(args: &FitArgs, reason: &str) -> crate::core::error::Result<V
     let started = std::time::Instant::now();
     let took = || format!("{:.1} s", started.elapsed().as_secs_f64());
 
-    let mut skipped = source::skipped(&osql, as_of)?;
-    debug1!("pg_segment: counted unusable rows ({})", took());
-    let categories = source::top_categories(&osql, as_of)?;
-    debug1!("pg_segment: top categories ({})", took());
+    let (mut skipped, categories) = source::summarize(&osql, as_of)?;
+    debug1!("pg_segment: counted unusable rows and top categories ({})", took());
     warn_if_aggregate_spills(&skipped)?;
     let feats = features::catalogue(&categories, orders.category.is_some(), events.is_some());
     let sql = features::features_sql(WORK_TABLE, &osql, events.as_ref().map(Events::sql).as_ref(), &feats, as_of, opts.dedupe, &opts.timezone);

@@ -191,6 +191,14 @@ pub fn apply(model: &str, keys: &[String], reason: &str) -> Result<usize> {
     if keys.is_empty() {
         return Ok(0);
     }
+    if keys.len() > MANY_USERS {
+        // a COPY, a big refresh or queue drain is bulk work: give its aggregate the memory of one
+        return crate::pg::source::with_bulk_settings(|| apply_to(model, keys, reason));
+    }
+    apply_to(model, keys, reason)
+}
+
+fn apply_to(model: &str, keys: &[String], reason: &str) -> Result<usize> {
     // Locks first: a re-fit that commits while we wait must be the version we load.
     lock_users(model, keys)?;
     gucs::apply_max_threads();

@@ -200,22 +200,7 @@ pub fn as_of(opts: &Options) -> Result<AsOf> {
     }
 }
 
-pub fn top_categories(o: &OrdersSql, as_of: AsOf) -> Result<Vec<TopCategory>> {
-    let Some(sql) = features::top_categories_sql(o, as_of, 8) else {
-        return Ok(Vec::new());
-    };
-    Spi::connect(|c| {
-        let mut out = Vec::new();
-        for row in c.select(&sql, None, &[]).map_err(from_spi)? {
-            if let Some(name) = row.get::<String>(1).map_err(from_spi)? {
-                out.push(TopCategory { name, share: row.get::<f64>(2).map_err(from_spi)?.unwrap_or(0.0) });
-            }
-        }
-        Ok(out)
-    })
-}
-
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct Skipped {
     pub total: i64,
     pub null_user: i64,
@@ -234,21 +219,31 @@ impl Skipped {
     }
 }
 
-pub fn skipped(o: &OrdersSql, as_of: AsOf) -> Result<Skipped> {
+/// What a fit needs to know about the orders before its features, from one read: the rows
+/// skipped by reason and the top categories (see `features::source_summary_sql`).
+pub fn summarize(o: &OrdersSql, as_of: AsOf) -> Result<(Skipped, Vec<TopCategory>)> {
     Spi::connect(|c| {
-        let t = c.select(&features::skipped_rows_sql(o, as_of), Some(1), &[]).map_err(from_spi)?;
-        let row = t.first();
-        let g = |i| row.get::<i64>(i).map(|v| v.unwrap_or(0)).map_err(from_spi);
-        Ok(Skipped {
-            total: g(1)?,
-            null_user: g(2)?,
-            null_time: g(3)?,
-            null_amount: g(4)?,
-            non_finite_amount: g(5)?,
-            after_as_of: g(6)?,
-            duplicates: 0,
-            duplicates_removed: false,
-        })
+        let mut skipped = None;
+        let mut ranked = Vec::new();
+        for row in c.select(&features::source_summary_sql(o, as_of, 8), None, &[]).map_err(from_spi)? {
+            let g = |i| row.get::<i64>(i).map(|v| v.unwrap_or(0)).map_err(from_spi);
+            if row.get::<bool>(1).map_err(from_spi)? == Some(true) {
+                skipped = Some(Skipped {
+                    total: g(5)?,
+                    null_user: g(6)?,
+                    null_time: g(7)?,
+                    null_amount: g(8)?,
+                    non_finite_amount: g(9)?,
+                    after_as_of: g(10)?,
+                    duplicates: 0,
+                    duplicates_removed: false,
+                });
+            } else if let Some(name) = row.get::<String>(2).map_err(from_spi)? {
+                ranked.push((g(4)?, TopCategory { name, share: row.get::<f64>(3).map_err(from_spi)?.unwrap_or(0.0) }));
+            }
+        }
+        ranked.sort_by_key(|(rank, _)| *rank);
+        Ok((skipped.unwrap_or_default(), ranked.into_iter().map(|(_, c)| c).collect()))
     })
 }
 
