@@ -110,7 +110,7 @@ fn fit_model_inner(args: &FitArgs, reason: &str) -> crate::core::error::Result<V
 
     let (mut skipped, categories) = source::summarize(&osql, as_of)?;
     debug1!("pg_segment: counted unusable rows and top categories ({})", took());
-    warn_if_aggregate_spills(&skipped)?;
+    warn_if_aggregate_spills(skipped.usable(), "fit")?;
     let feats = features::catalogue(&categories, orders.category.is_some(), events.is_some());
     let sql = features::features_sql(WORK_TABLE, &osql, events.as_ref().map(Events::sql).as_ref(), &feats, as_of, opts.dedupe, &opts.timezone);
     let source::Materialized { users, duplicates, counted_rows: counted } = source::materialize_features(&sql)?;
@@ -181,8 +181,7 @@ fn fit_model_inner(args: &FitArgs, reason: &str) -> crate::core::error::Result<V
 /// `source::with_bulk_settings`): if the order features aggregate cannot keep every customer's
 /// orders in memory, say so. PostgreSQL then spills groups to disk (slower, never out of
 /// memory); the rest of the fit streams users in batches whatever their number.
-fn warn_if_aggregate_spills(skipped: &source::Skipped) -> crate::core::error::Result<()> {
-    let rows = skipped.usable();
+pub fn warn_if_aggregate_spills(rows: i64, call: &str) -> crate::core::error::Result<()> {
     let need = crate::core::order_features::state_bytes(rows.max(0) as u64, 0);
     let budget: Option<f64> = Spi::get_one(
         "SELECT pg_catalog.pg_size_bytes(pg_catalog.current_setting('work_mem')) \
@@ -201,8 +200,8 @@ fn warn_if_aggregate_spills(skipped: &source::Skipped) -> crate::core::error::Re
             ),
             "pg_segment",
         )
-        .set_detail("the rest of the fit reads customers in batches and needs little memory")
-        .set_hint(format!("SET maintenance_work_mem = '{}MB' makes this fit faster", mb(need as f64 * 1.5) as u64))
+        .set_detail(format!("the rest of the {call} reads customers in batches and needs little memory"))
+        .set_hint(format!("SET maintenance_work_mem = '{}MB' makes this {call} faster", mb(need as f64 * 1.5) as u64))
         .report(PgLogLevel::NOTICE);
     }
     Ok(())

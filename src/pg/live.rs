@@ -686,6 +686,15 @@ fn refresh_all(model: &str, refit: Option<bool>) -> Result<Vec<SegmentRow>> {
     let since = catalog::quiesce(model)?;
     let live = load(model)?;
     gucs::apply_max_threads();
+    // the planner's row count of the orders (a refresh does not count them)
+    let rows: Option<f64> = Spi::get_one_with_args(
+        "SELECT reltuples::float8 FROM pg_catalog.pg_class WHERE oid = $1::regclass",
+        &[live.orders.relation.clone().into()],
+    )
+    .map_err(from_spi)?;
+    if let Some(rows) = rows.filter(|r| *r > 0.0) {
+        crate::pg::api::warn_if_aggregate_spills(rows as i64, "refresh")?;
+    }
     let sql = features::features_sql(
         crate::pg::source::WORK_TABLE,
         &live.orders,

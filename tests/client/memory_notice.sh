@@ -14,5 +14,8 @@ check "a fit with 1MB of maintenance_work_mem succeeds and leaves work_mem alone
 check "it says up front that the order features need more memory" \
   "$(grep -c 'pg_segment: the order features of [0-9]* rows need at least [0-9]* MB, more than the 1 MB maintenance_work_mem allows' "$work/small.err")" "1"
 check "and how much to set" "$(grep -c "HINT:  SET maintenance_work_mem = '[0-9]*MB' makes this fit faster" "$work/small.err")" "1"
+q -c "ANALYZE mn_orders" -c "SET maintenance_work_mem = '1MB'" -c "SET work_mem = '64kB'" -c "SET hash_mem_multiplier = 1" \
+  -c "SELECT count(*) FROM segment_refresh('mn', refit => false)" >/dev/null 2>"$work/refresh.err"
+check "a refresh says so too" "$(grep -c "HINT:  SET maintenance_work_mem = '[0-9]*MB' makes this refresh faster" "$work/refresh.err")" "1"
 q -c "SET maintenance_work_mem = '256MB'" -c "$fit" >/dev/null 2>"$work/large.err"
 check "with enough memory it says nothing about it" "$(grep -c 'need at least' "$work/large.err")" "0"
