@@ -103,6 +103,16 @@ fn pg_test_async_mode_queues_and_process_applies() {
     assert_eq!(one::<i64>("SELECT pending FROM segment.live_status WHERE model = 'v2'"), Some(0));
     assert_eq!(one::<f64>("SELECT frequency FROM segment.v2_users WHERE user_id = 9001"), Some(1.0));
     assert_live_equals_batch("v2");
+    // the insert trigger misused says what is wrong, with its SQLSTATE
+    Spi::run(
+        "CREATE TABLE v2_other (user_id int8); \
+         CREATE TRIGGER gone AFTER INSERT ON v2_other FOR EACH ROW EXECUTE FUNCTION _segment_enqueue('nope_queue', 'user_id'); \
+         CREATE TABLE v2_stmt (user_id int8); \
+         CREATE TRIGGER stmt AFTER INSERT ON v2_stmt FOR EACH STATEMENT EXECUTE FUNCTION _segment_enqueue('v2_queue', 'user_id')",
+    )
+    .unwrap();
+    assert_eq!(sqlstate_of("INSERT INTO v2_other VALUES (1)").as_deref(), Some("42704"), "no such queue");
+    assert_eq!(sqlstate_of("INSERT INTO v2_stmt VALUES (1)").as_deref(), Some("22023"), "not a row trigger");
 }
 
 #[pg_test]

@@ -25,6 +25,8 @@ if [ "${BENCH_ONLY:-}" = live ]; then
 (This section is from the full run of $batch_date; the sections after it were re-measured with BENCH_ONLY=live.)" "$work/batch.md"
 else
     "$here/bench_batch.sh" "$batch_users" "$reps" "$work/batch.md"
+    # kept, so that a failure in the live part does not lose half an hour of measurements
+    mkdir -p "$root/bench/data" && cp "$work/batch.md" "$root/bench/data/batch.md"
 fi
 
 echo "== data: $users customers"
@@ -41,7 +43,7 @@ SQL
 # COPY input: orders for random existing customers ($copy_rows, and the issue's 1M for async)
 big_rows=${BENCH_COPY_BIG:-1000000}
 for f in "copy:$copy_rows" "copybig:$big_rows"; do
-    psql -c "COPY (SELECT 1 + (g * 7919) % $users, now() - (g % 300) * interval '1 day', 5 + g % 200, 'books'
+    psql -c "COPY (SELECT 1 + (g::int8 * 7919) % $users, now() - (g % 300) * interval '1 day', 5 + g % 200, 'books'
                    FROM generate_series(1, ${f#*:}) g) TO '$work/${f%%:*}.csv' (FORMAT csv)"
 done
 

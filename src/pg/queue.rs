@@ -15,6 +15,7 @@ use pgrx::{PgTupleDesc, PgTriggerError};
 
 use crate::core::error::{ErrorKind, SegError};
 use crate::core::features::quote_ident;
+use crate::pg::error::OrRaise;
 
 /// The statement appending the users `keys` selects to `queue` (a quoted table name in schema
 /// `segment`); used by the statement triggers (UPDATE, DELETE, TRUNCATE, the sync fallback).
@@ -43,56 +44,33 @@ pub fn claim(queue: &str) -> String {
 #[pg_trigger]
 fn _segment_enqueue<'a>(
     trigger: &'a PgTrigger<'a>,
-) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, QueueError> {
+) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, PgTriggerError> {
     let args = trigger.extra_args()?;
-    let [queue, column] = args.as_slice() else {
-        return Err(QueueError::Usage("_segment_enqueue takes the queue table and the user column".into()));
-    };
     let data = trigger.trigger_data();
-    if data.tg_trigtuple.is_null() {
-        return Err(QueueError::Usage("_segment_enqueue must be an AFTER INSERT row trigger".into()));
-    }
-    // SAFETY: PostgreSQL called us as a row trigger: tg_relation is open and locked and
-    // tg_trigtuple is its new row, valid for this call.
-    unsafe { append_row(data.tg_relation, data.tg_trigtuple, queue, column) }?;
+    let appended = match args.as_slice() {
+        [queue, column] if !data.tg_trigtuple.is_null() => {
+            // SAFETY: PostgreSQL called us as a row trigger: tg_relation is open and locked and
+            // tg_trigtuple is its new row, valid for this call.
+            unsafe { append_row(data.tg_relation, data.tg_trigtuple, queue, column) }
+        }
+        _ => Err(SegError::invalid(
+            "_segment_enqueue must be an AFTER INSERT row trigger with the queue table and the user column as arguments",
+        )),
+    };
+    appended.or_raise();
     Ok(None)
 }
 
-#[derive(Debug)]
-pub enum QueueError {
-    Trigger(PgTriggerError),
-    Usage(String),
-    Seg(SegError),
-}
-
-impl std::fmt::Display for QueueError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            QueueError::Trigger(e) => write!(f, "{e}"),
-            QueueError::Usage(s) => f.write_str(s),
-            QueueError::Seg(e) => write!(f, "{}", e.message),
-        }
-    }
-}
-
-impl std::error::Error for QueueError {}
-
-impl From<PgTriggerError> for QueueError {
-    fn from(e: PgTriggerError) -> Self {
-        QueueError::Trigger(e)
-    }
-}
-
-fn missing(what: String) -> QueueError {
-    QueueError::Seg(SegError::new(ErrorKind::UndefinedObject, what).hint("SELECT segment_live(model, 'async') re-installs the triggers"))
+fn missing(what: String) -> SegError {
+    SegError::new(ErrorKind::UndefinedObject, what).hint("SELECT segment_live(model, 'async') re-installs the triggers")
 }
 
 /// Appends `(key, now())` to `segment.<queue>`, `key` being `column` of `row` (a row of `rel`).
 ///
 /// # Safety
 /// `rel` must be an open relation and `row` one of its tuples.
-unsafe fn append_row(rel: pg_sys::Relation, row: pg_sys::HeapTuple, queue: &str, column: &str) -> Result<(), QueueError> {
-    let name = |s: &str| CString::new(s).map_err(|_| QueueError::Usage(format!("invalid name {s:?}")));
+unsafe fn append_row(rel: pg_sys::Relation, row: pg_sys::HeapTuple, queue: &str, column: &str) -> Result<(), SegError> {
+    let name = |s: &str| CString::new(s).map_err(|_| SegError::invalid(format!("invalid name {s:?}")));
     let attnum = pg_sys::get_attnum((*rel).rd_id, name(column)?.as_ptr());
     if attnum <= 0 {
         return Err(missing(format!("the live trigger's user column {} does not exist", quote_ident(column))));
@@ -136,7 +114,7 @@ unsafe fn append_row(rel: pg_sys::Relation, row: pg_sys::HeapTuple, queue: &str,
         pg_sys::table_close(queue_rel, pg_sys::NoLock as pg_sys::LOCKMODE);
         let arg = pgrx::datum::DatumWithOid::new(values[user], typ);
         Spi::run_with_args(&format!("INSERT INTO segment.{} (user_id) VALUES ($1)", quote_ident(queue)), &[arg])
-            .map_err(|e| QueueError::Seg(crate::pg::error::from_spi(e)))?;
+            .map_err(crate::pg::error::from_spi)?;
         return Ok(());
     }
     let tuple = pg_sys::heap_form_tuple((*queue_rel).rd_att, values.as_mut_ptr(), nulls.as_mut_ptr());
