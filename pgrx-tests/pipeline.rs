@@ -242,8 +242,8 @@ fn pg_test_aggregates_are_equal_in_parallel_and_serial_plans() {
     demo("p10", 2000);
     Spi::run(&format!("SELECT count(*) FROM segment_users('p10_orders', 4, 'p10', options => '{{{AS_OF}}}')")).unwrap();
     let features = "SELECT md5(string_agg(user_id || ':' || f::text, ',' ORDER BY user_id)) FROM ( \
-          SELECT user_id, _segment_order_features(created_at, amount::float8, NULL::int, pg_catalog.hashtextextended(category, 0), \
-                   extract(hour FROM created_at)::int, false, '2026-06-01', '2026-05-01', '2026-03-01', '{}', false) AS f \
+          SELECT user_id, _segment_order_features(created_at, created_at::timestamp, amount::float8, NULL::int, \
+                   pg_catalog.hashtextextended(category, 0), '2026-06-01', '2026-05-01', '2026-03-01', '{}', false) AS f \
           FROM p10_orders GROUP BY user_id) s";
     let step = "SELECT _segment_kmeans_step(embedding, \
                   (SELECT array_agg(value ORDER BY segment_id, dimension) FROM segment.centroid_values WHERE model = 'p10') ::float8[], 4) \

@@ -45,7 +45,7 @@ for r in $(seq 1 "$reps"); do
     echo "$s" >> "$work/fit"; echo "$rss" >> "$work/rss"
 done
 echo "aggregate s: $(tr '\n' ' ' < "$work/agg") segment_users s: $(tr '\n' ' ' < "$work/fit") rss kB: $(tr '\n' ' ' < "$work/rss")"
-plan=$(psql -At -c "EXPLAIN SELECT user_id, _segment_order_features(created_at, amount::float8, NULL::int, NULL::int8, 0, false,
+plan=$(psql -At -c "EXPLAIN SELECT user_id, _segment_order_features(created_at, created_at::timestamp, amount::float8, NULL::int, NULL::int8,
                             now(), now(), now(), '{}', false) FROM demo_orders GROUP BY user_id" | tr '\n' ' ')
 parallel=$(grep -q "Partial" <<<"$plan" && echo yes || echo no)
 
@@ -176,23 +176,24 @@ $profile
 
 ### Where the time goes, and what would close the gaps (batch)
 
-- **P1.** Before training: three reads of the orders (skipped rows by reason, top categories,
-  then the features statement with the parallel order-features aggregate, which keeps each
-  customer's orders in its hash table; each read alone costs about one baseline), the
-  \`row_number()\` sort that numbers the users, materialising the features in a temporary table
-  and reading them into the backend over SPI (one scan, no sort). Bulk work runs with
-  \`work_mem\` raised to \`maintenance_work_mem\` (the aggregate spills to disk otherwise) and
-  JIT off. Then training, clustering, evaluation and cells. Then storing: deleting and
+- **P1.** Before training: two reads of the orders (one grouped statement for the skipped
+  rows by reason and the top categories, then the features statement with the parallel
+  order-features aggregate, which keeps each customer's orders in its hash table; each read
+  alone costs about one baseline), the \`row_number()\` sort that numbers the users,
+  materialising the features in a temporary table and reading them into the backend over SPI
+  (one scan, no sort). Bulk work runs with \`work_mem\` raised to \`maintenance_work_mem\`
+  and JIT off. Then training, clustering, evaluation and cells. Then storing: deleting and
   inserting a row per user with its feature and embedding arrays, two indexes, and a history
   row per changed user. Writing the per-user results alone costs several baselines, so a 1.5×
   target cannot be met while \`segment_users\` stores a row per user; what would come closest:
-  one pass over the orders (skip counts and top categories as by-products of the features
-  aggregate), results written with \`COPY\` into a fresh table swapped in (indexes built once),
-  history only for users whose segment changed. The profile (1M customers, 2026-12-04) showed
-  two cheaper levers: about 6% of the leader's time was \`strtod\` and its helpers, PostgreSQL
-  converting the \`numeric\` amounts to \`float8\` through text for every order (an aggregate
-  taking \`numeric\` would avoid it), and the distance loop of assignment and metrics
-  (\`sq_dist\`) was the largest Rust item.
+  skip counts and top categories as by-products of the features aggregate (one read), results
+  written with \`COPY\` into a fresh table swapped in (indexes built once), history only for
+  users whose segment changed. Per order, the scan now computes one local time (the aggregate
+  derives hour and weekday; two \`extract()\` per order were a third of the features statement)
+  and converts the \`numeric\` amount to \`float8\` once (it was twice, with the finiteness
+  check); that conversion through text (\`strtod\` in the profile) is what is left of the
+  per-order SQL work, and an aggregate taking \`numeric\` would avoid it. The distance loop of
+  assignment and metrics (\`sq_dist\`) is the largest Rust item.
 - **P2.** Our own k-means (\`src/core/kmeans.rs\`): scikit-learn's greedy k-means++ seeding
   (all candidates of a step in one pass), then Lloyd's iterations with Hamerly's bounds, which
   skip most distance computations and give exactly Lloyd's result, in parallel over fixed

@@ -31,6 +31,56 @@ CREATE FUNCTION "_segment_enqueue"()
 	AS 'MODULE_PATHNAME', '_segment_enqueue_wrapper';
 REVOKE ALL ON FUNCTION _segment_enqueue() FROM PUBLIC;
 
+-- The order features aggregate takes the local time (hour and weekday computed from it in Rust
+-- instead of two extract() per row), checks the amount's finiteness itself, and declares the
+-- size of its state (SSPACE) so hash aggregation does not spill after a few thousand users.
+DROP AGGREGATE _segment_order_features(timestamptz, float8, int, int8, int, bool, timestamptz, timestamptz, timestamptz, float8[], bool);
+DROP FUNCTION "_segment_order_features_sfunc"(internal, timestamptz, float8, INT, bigint, INT, bool, timestamptz, timestamptz, timestamptz, double precision[], bool);
+CREATE  FUNCTION "_segment_order_features_sfunc"(
+	"state" internal, /* Internal */
+	"t" timestamp with time zone, /* TimestampWithTimeZone */
+	"local" timestamp, /* Timestamp */
+	"amount" double precision, /* f64 */
+	"slot" INT, /* Option < i32 > */
+	"category_hash" bigint, /* Option < i64 > */
+	"as_of" timestamp with time zone, /* TimestampWithTimeZone */
+	"cut30" timestamp with time zone, /* TimestampWithTimeZone */
+	"cut90" timestamp with time zone, /* TimestampWithTimeZone */
+	"priors" double precision[], /* pgrx :: datum :: Array < f64 > */
+	"dedupe" bool /* bool */
+) RETURNS internal /* Internal */
+IMMUTABLE PARALLEL SAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'order_transition_wrapper';
+CREATE AGGREGATE _segment_order_features(
+    t timestamptz, local timestamp, amount float8, slot int, category_hash int8,
+    as_of timestamptz, cut30 timestamptz, cut90 timestamptz, priors float8[], dedupe bool)
+(
+    SFUNC = _segment_order_features_sfunc,
+    STYPE = internal,
+    SSPACE = 1024,
+    FINALFUNC = _segment_order_features_final,
+    COMBINEFUNC = _segment_order_features_combine,
+    SERIALFUNC = _segment_order_features_serialize,
+    DESERIALFUNC = _segment_order_features_deserialize,
+    PARALLEL = SAFE
+);
+COMMENT ON AGGREGATE _segment_order_features(timestamptz, timestamp, float8, int, int8, timestamptz, timestamptz, timestamptz, float8[], bool) IS
+    'pg_segment internal: [duplicates, order features...] of one user''s usable orders (NULL without any)';
+
+-- Users tables leave room on each page for HOT updates by live mode (new tables are created so).
+DO $fillfactor$
+DECLARE
+    r record;
+BEGIN
+    FOR r IN SELECT DISTINCT model FROM segment.models ORDER BY model LOOP
+        IF pg_catalog.to_regclass(format('segment.%I', r.model || '_users')) IS NOT NULL THEN
+            EXECUTE format('ALTER TABLE segment.%I SET (fillfactor = 90)', r.model || '_users');
+        END IF;
+    END LOOP;
+END
+$fillfactor$;
+
 -- Every live model's triggers are re-written by the new code (which also drops the queue's
 -- primary key): the old async triggers de-duplicated with ON CONFLICT on that key. The trigger
 -- functions belong to the models, not to the extension (pg_dump must dump them), so they leave

@@ -98,8 +98,19 @@ pub struct OrdersSql {
     pub time: String,
     pub amount: String,
     pub category: Option<String>,
-    /// The schema-qualified `_segment_order_features` aggregate (the extension's schema).
-    pub aggregate: String,
+    pub aggregate: OrderAggregate,
+}
+
+/// The `_segment_order_features` aggregate to call.
+#[derive(Debug, Clone)]
+pub struct OrderAggregate {
+    /// Schema-qualified (the extension's schema).
+    pub name: String,
+    /// 0.1.0's signature `(t, amount, slot, category_hash, hour, weekend, ...)`, installed until
+    /// `ALTER EXTENSION pg_segment UPDATE`: the scan computes hour and weekend and leaves out
+    /// non-finite amounts. The current one takes the local time `(t, local, amount, slot,
+    /// category_hash, ...)` and checks amounts itself.
+    pub legacy: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -147,10 +158,15 @@ impl AsOf {
 /// The predicate that keeps a usable order row. The same predicate is used by the skip count,
 /// so "used + skipped = total" holds by construction.
 pub fn usable_order_predicate(o: &OrdersSql, as_of: AsOf) -> String {
+    format!("{} AND ({})::float8 NOT IN ('NaN', 'Infinity', '-Infinity')", scanned_order_predicate(o, as_of), o.amount)
+}
+
+/// [`usable_order_predicate`] but for the amount's finiteness, which the order features aggregate
+/// checks itself (on the `float8` it receives anyway: converting a `numeric` twice per row cost
+/// more than the rest of the scan).
+fn scanned_order_predicate(o: &OrdersSql, as_of: AsOf) -> String {
     format!(
-        "{u} IS NOT NULL AND {t} IS NOT NULL AND {a} IS NOT NULL \
-         AND ({a})::float8 NOT IN ('NaN', 'Infinity', '-Infinity') \
-         AND ({t})::timestamptz <= {asof}",
+        "{u} IS NOT NULL AND {t} IS NOT NULL AND {a} IS NOT NULL AND ({t})::timestamptz <= {asof}",
         u = o.user,
         t = o.time,
         a = o.amount,
@@ -323,20 +339,30 @@ pub fn features_select(
     let orders_cte = format!(
         "g AS (\
            SELECT user_id, {cols} FROM (\
-             SELECT u AS user_id, {agg}(t, a, slot, h, hr, w, {asof}, {cut30}, {cut90}, {priors}, {dedupe}) AS f \
+             SELECT u AS user_id, {agg}({args}, {asof}, {cut30}, {cut90}, {priors}, {dedupe}) AS f \
              FROM (SELECT {u} AS u, ({t})::timestamptz AS t, ({a})::float8 AS a, {slot} AS slot, {hash} AS h, \
-                          extract(hour FROM ({t})::timestamptz AT TIME ZONE {tz})::int AS hr, \
-                          extract(isodow FROM ({t})::timestamptz AT TIME ZONE {tz}) >= 6 AS w \
+                          {local} \
                    FROM {rel} WHERE {pred}{only_orders}) s \
-             GROUP BY u) x)",
-        agg = o.aggregate,
+             GROUP BY u) x \
+           WHERE f IS NOT NULL)",
+        agg = o.aggregate.name,
+        args = if o.aggregate.legacy { "t, a, slot, h, hr, w" } else { "t, lt, a, slot, h" },
+        local = if o.aggregate.legacy {
+            format!(
+                "extract(hour FROM ({t})::timestamptz AT TIME ZONE {tz})::int AS hr, \
+                 extract(isodow FROM ({t})::timestamptz AT TIME ZONE {tz}) >= 6 AS w",
+                t = o.time
+            )
+        } else {
+            format!("({})::timestamptz AT TIME ZONE {tz} AS lt", o.time)
+        },
         cut30 = as_of.window_start(30),
         cut90 = as_of.window_start(90),
         u = o.user,
         t = o.time,
         a = o.amount,
         rel = o.relation,
-        pred = usable_order_predicate(o, as_of),
+        pred = if o.aggregate.legacy { usable_order_predicate(o, as_of) } else { scanned_order_predicate(o, as_of) },
         only_orders = only(&o.user),
         // float8[], not text: an argument with a collation would keep postgres_fdw from shipping the aggregate
         priors = format!("'{{{}}}'::float8[]", priors.join(",")),
@@ -430,7 +456,7 @@ mod tests {
             time: "t".into(),
             amount: "a".into(),
             category: category.map(quote_ident),
-            aggregate: "s._segment_order_features".into(),
+            aggregate: OrderAggregate { name: "s._segment_order_features".into(), legacy: false },
         }
     }
 
@@ -453,6 +479,22 @@ mod tests {
     }
 
     #[test]
+    fn the_aggregate_of_either_signature_gets_its_arguments() {
+        let feats = catalogue(&[], false, false);
+        let current = features_sql("f", &orders(None), None, &feats, AsOf::at(0.0), false, "Europe/Paris");
+        assert!(current.contains("_segment_order_features(t, lt, a, slot, h, "), "{current}");
+        assert!(current.contains("(t)::timestamptz AT TIME ZONE 'Europe/Paris' AS lt"));
+        assert!(!current.contains("'NaN'"), "the aggregate leaves out non-finite amounts itself");
+        assert!(current.contains("WHERE f IS NOT NULL"), "users without a usable order are not users");
+        let mut o = orders(None);
+        o.aggregate.legacy = true;
+        let legacy = features_sql("f", &o, None, &feats, AsOf::at(0.0), false, "Europe/Paris");
+        assert!(legacy.contains("_segment_order_features(t, a, slot, h, hr, w, "), "{legacy}");
+        assert!(legacy.contains("extract(isodow FROM (t)::timestamptz AT TIME ZONE 'Europe/Paris') >= 6 AS w"));
+        assert!(legacy.contains(&usable_order_predicate(&o, AsOf::at(0.0))));
+    }
+
+    #[test]
     fn sql_uses_quoted_names_and_literal_categories() {
         let o = OrdersSql {
             relation: "public.\"Orders\"".into(),
@@ -460,7 +502,7 @@ mod tests {
             time: quote_ident("ts"),
             amount: quote_ident("amt"),
             category: Some(quote_ident("cat")),
-            aggregate: "s._segment_order_features".into(),
+            aggregate: OrderAggregate { name: "s._segment_order_features".into(), legacy: false },
         };
         let cats = vec![TopCategory { name: "it's".into(), share: 0.5 }, TopCategory { name: "home.garden".into(), share: 0.2 }];
         let feats = catalogue(&cats, true, false);

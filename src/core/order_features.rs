@@ -49,6 +49,17 @@ impl OrderRow {
     }
 }
 
+/// Hour of day (0-23) and whether it is a Saturday or Sunday, of a local time given as
+/// PostgreSQL's `timestamp` (microseconds since 2000-01-01 00:00, a Saturday), as
+/// `extract(hour ...)` and `extract(isodow ...) >= 6` give them, without their per-row cost.
+pub fn hour_and_weekend(local: i64) -> (u8, bool) {
+    let day = local.div_euclid(MICROS_PER_DAY as i64);
+    let hour = local.rem_euclid(MICROS_PER_DAY as i64) / 3_600_000_000;
+    // ISO day of week: Monday 1 .. Sunday 7; day 0 is a Saturday (6)
+    let isodow = (day + 5).rem_euclid(7) + 1;
+    (hour as u8, isodow >= 6)
+}
+
 /// What is the same for every order of a statement (plain data, shipped like the rows).
 #[derive(Debug, Clone, Copy, PartialEq)]
 #[repr(C)]
@@ -176,6 +187,19 @@ mod tests {
 
     fn row(day: i64, amount: f64, slot: u16) -> OrderRow {
         OrderRow::new(day * DAY, amount, Some(slot as i64), slot, 6, day % 7 == 0)
+    }
+
+    #[test]
+    fn hour_and_weekday_of_local_times() {
+        let hour = 3_600_000_000;
+        assert_eq!(hour_and_weekend(0), (0, true), "2000-01-01 was a Saturday");
+        assert_eq!(hour_and_weekend(DAY + 23 * hour), (23, true), "Sunday 23:00");
+        assert_eq!(hour_and_weekend(2 * DAY + 5 * hour), (5, false), "Monday 05:00");
+        assert_eq!(hour_and_weekend(-1), (23, false), "Friday 1999-12-31 23:59:59.999999");
+        assert_eq!(hour_and_weekend(-DAY), (0, false), "Friday 1999-12-31");
+        // 2026-12-05 14:30, a Saturday: 9835 days after 2000-01-01
+        assert_eq!(hour_and_weekend(9835 * DAY + 14 * hour + hour / 2), (14, true));
+        assert_eq!(hour_and_weekend(9837 * DAY), (0, false), "Monday 2026-12-07");
     }
 
     #[test]

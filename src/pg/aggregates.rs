@@ -5,11 +5,14 @@
 //!
 //! The state is palloc'd in the aggregate's memory context (so hash aggregation accounts for
 //! it): the params of the statement and a growable array of `OrderRow`s. The features are
-//! computed by `core::order_features` when the group is finalized.
+//! computed by `core::order_features` when the group is finalized. `SSPACE` tells the planner
+//! the average state size (about 20 orders and the params), so hash aggregation sizes its table
+//! for the users it expects instead of spilling after a few thousand (the default estimate for an
+//! `internal` state is 8 kB).
 
 use std::mem::size_of;
 
-use pgrx::datum::TimestampWithTimeZone;
+use pgrx::datum::{Timestamp, TimestampWithTimeZone};
 use pgrx::prelude::*;
 use pgrx::Internal;
 
@@ -67,10 +70,74 @@ fn read_priors(priors: &pgrx::datum::Array<f64>) -> ([f64; MAX_CATEGORY_SLOTS], 
     (out, priors.len())
 }
 
+/// What every order of a statement shares (the aggregate's direct arguments after the order's).
+struct Shared<'a> {
+    as_of: TimestampWithTimeZone,
+    cut30: TimestampWithTimeZone,
+    cut90: TimestampWithTimeZone,
+    priors: &'a pgrx::datum::Array<'a, f64>,
+    dedupe: bool,
+}
+
+/// The transition: the state (created at the first row), with `row` appended when it is usable.
+unsafe fn transition(mut state: Internal, row: Option<OrderRow>, shared: Shared, fcinfo: pg_sys::FunctionCallInfo) -> Internal {
+    let ptr = match state_of(&mut state) {
+        Some(s) => s,
+        None => {
+            let (priors, slots) = read_priors(shared.priors);
+            let params = Params {
+                as_of: shared.as_of.into_inner(),
+                cut30: shared.cut30.into_inner(),
+                cut90: shared.cut90.into_inner(),
+                dedupe: shared.dedupe as u64,
+                slots: slots as u64,
+                priors,
+            };
+            new_state(agg_context(fcinfo), params, 8)
+        }
+    };
+    if let Some(row) = row {
+        push(&mut *ptr, &[row]);
+    }
+    Internal::from(Some(pg_sys::Datum::from(ptr)))
+}
+
+fn slot_of(slot: Option<i32>) -> u16 {
+    slot.unwrap_or(0).clamp(0, u16::MAX as i32) as u16
+}
+
 #[allow(clippy::too_many_arguments)]
 #[pg_extern(name = "_segment_order_features_sfunc", immutable, parallel_safe)]
+fn order_transition(
+    state: Internal,
+    t: TimestampWithTimeZone,
+    local: Timestamp,
+    amount: f64,
+    slot: Option<i32>,
+    category_hash: Option<i64>,
+    as_of: TimestampWithTimeZone,
+    cut30: TimestampWithTimeZone,
+    cut90: TimestampWithTimeZone,
+    priors: pgrx::datum::Array<f64>,
+    dedupe: bool,
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> Internal {
+    // NaN and infinite amounts are not usable orders (cheaper here than in the scan's
+    // predicate); a user with no usable order finalizes to NULL
+    let row = amount.is_finite().then(|| {
+        let (hour, weekend) = order_features::hour_and_weekend(local.into_inner());
+        OrderRow::new(t.into_inner(), amount, category_hash, slot_of(slot), hour, weekend)
+    });
+    unsafe { transition(state, row, Shared { as_of, cut30, cut90, priors: &priors, dedupe }, fcinfo) }
+}
+
+/// The transition of 0.1.0's signature (hour and weekend computed by SQL, non-finite amounts left
+/// out by the scan), whose SQL objects stay installed until `ALTER EXTENSION pg_segment UPDATE`
+/// drops them; `source::order_features_aggregate` tells the statements which one to call.
+#[allow(clippy::too_many_arguments)]
+#[pg_extern(sql = false)]
 fn sfunc(
-    mut state: Internal,
+    state: Internal,
     t: TimestampWithTimeZone,
     amount: f64,
     slot: Option<i32>,
@@ -84,33 +151,8 @@ fn sfunc(
     dedupe: bool,
     fcinfo: pg_sys::FunctionCallInfo,
 ) -> Internal {
-    unsafe {
-        let ptr = match state_of(&mut state) {
-            Some(s) => s,
-            None => {
-                let (priors, slots) = read_priors(&priors);
-                let params = Params {
-                    as_of: as_of.into_inner(),
-                    cut30: cut30.into_inner(),
-                    cut90: cut90.into_inner(),
-                    dedupe: dedupe as u64,
-                    slots: slots as u64,
-                    priors,
-                };
-                new_state(agg_context(fcinfo), params, 8)
-            }
-        };
-        let row = OrderRow::new(
-            t.into_inner(),
-            amount,
-            category_hash,
-            slot.unwrap_or(0).clamp(0, u16::MAX as i32) as u16,
-            hour.clamp(0, 23) as u8,
-            weekend,
-        );
-        push(&mut *ptr, &[row]);
-        Internal::from(Some(pg_sys::Datum::from(ptr)))
-    }
+    let row = OrderRow::new(t.into_inner(), amount, category_hash, slot_of(slot), hour.clamp(0, 23) as u8, weekend);
+    unsafe { transition(state, Some(row), Shared { as_of, cut30, cut90, priors: &priors, dedupe }, fcinfo) }
 }
 
 #[pg_extern(name = "_segment_order_features_combine", immutable, parallel_safe)]
@@ -182,22 +224,23 @@ fn finalize(mut state: Internal) -> Option<Vec<f64>> {
 extension_sql!(
     r#"
 CREATE AGGREGATE _segment_order_features(
-    t timestamptz, amount float8, slot int, category_hash int8, hour int, weekend bool,
+    t timestamptz, local timestamp, amount float8, slot int, category_hash int8,
     as_of timestamptz, cut30 timestamptz, cut90 timestamptz, priors float8[], dedupe bool)
 (
     SFUNC = _segment_order_features_sfunc,
     STYPE = internal,
+    SSPACE = 1024,
     FINALFUNC = _segment_order_features_final,
     COMBINEFUNC = _segment_order_features_combine,
     SERIALFUNC = _segment_order_features_serialize,
     DESERIALFUNC = _segment_order_features_deserialize,
     PARALLEL = SAFE
 );
-COMMENT ON AGGREGATE _segment_order_features(timestamptz, float8, int, int8, int, bool, timestamptz, timestamptz, timestamptz, float8[], bool) IS
-    'pg_segment internal: [duplicates, order features...] of one user''s usable orders';
+COMMENT ON AGGREGATE _segment_order_features(timestamptz, timestamp, float8, int, int8, timestamptz, timestamptz, timestamptz, float8[], bool) IS
+    'pg_segment internal: [duplicates, order features...] of one user''s usable orders (NULL without any)';
 "#,
     name = "order_features_aggregate",
-    requires = [sfunc, combine, serialize, deserialize, finalize]
+    requires = [order_transition, combine, serialize, deserialize, finalize]
 );
 
 // ---------------------------------------------------------------------------------------------

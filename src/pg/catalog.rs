@@ -94,6 +94,12 @@ pub fn lock_model(model: &str) -> Result<()> {
     .map_err(from_spi)
 }
 
+/// Fill factor of a users table: live updates rewrite a user's row (features, embedding,
+/// distance, time) without touching its indexed columns unless the segment changes, so room left
+/// on each page lets them be HOT updates (no index insertions, no index bloat from repeated
+/// updates).
+pub const USERS_FILLFACTOR: u32 = 90;
+
 /// The shared side of [`lock_model`], taken by every live writer of the model ($1).
 pub const LOCK_MODEL_SHARED: &str =
     "SELECT pg_catalog.pg_advisory_xact_lock_shared(pg_catalog.hashtext('pg_segment.model:' || $1))";
@@ -171,7 +177,8 @@ pub fn ensure_users_table(model: &str, key_type: &str) -> Result<bool> {
            {rfm}, \
            features float8[] NOT NULL, \
            embedding real[] NOT NULL, \
-           updated_at timestamptz NOT NULL DEFAULT now()); \
+           updated_at timestamptz NOT NULL DEFAULT now()) \
+         WITH (fillfactor = {USERS_FILLFACTOR}); \
          CREATE INDEX ON segment.{t} (segment_id, cell); \
          COMMENT ON TABLE segment.{t} IS {comment}; \
          CREATE VIEW segment.{v} AS \

@@ -285,7 +285,7 @@ fn upsert(live: &LiveModel, found: &[String], columns: &[Vec<Option<f64>>], reas
            INSERT INTO segment.{t} AS u (user_id, segment_id, distance, cell, model_version, {rfm_names}, \
                                          features, embedding, updated_at) \
            SELECT user_id, segment_id, distance, nullif($10[i], -1), $4, {rfm}, \
-                  ARRAY(SELECT nullif(v, 'NaN') FROM unnest($5[(i - 1) * $6 + 1 : i * $6]) WITH ORDINALITY AS f(v, n) ORDER BY n), \
+                  pg_catalog.array_replace($5[(i - 1) * $6 + 1 : i * $6], 'NaN'::float8, NULL), \
                   $7[(i - 1) * $8 + 1 : i * $8], clock_timestamp() \
            FROM input \
            ON CONFLICT (user_id) DO UPDATE SET segment_id = EXCLUDED.segment_id, distance = EXCLUDED.distance, cell = EXCLUDED.cell, \

@@ -7,7 +7,7 @@ use pgrx::prelude::*;
 
 use crate::core::detect::{self, Column, ColumnType, Role};
 use crate::core::error::{ErrorKind, Result, SegError};
-use crate::core::features::{self, AsOf, EventsSql, FeatureDef, OrdersSql, TopCategory};
+use crate::core::features::{self, AsOf, EventsSql, FeatureDef, OrderAggregate, OrdersSql, TopCategory};
 use crate::core::options::{EventsSpec, Options};
 use crate::core::pipeline::{Model, Placer};
 use crate::pg::error::from_spi;
@@ -130,9 +130,17 @@ pub fn extension_schema() -> Result<String> {
     .map(|s| s.unwrap_or_else(|| "public".into()))
 }
 
-/// The schema-qualified order features aggregate.
-pub fn order_features_aggregate() -> Result<String> {
-    Ok(format!("{}._segment_order_features", extension_schema()?))
+/// The order features aggregate, and which of its signatures is installed (0.1.0's until
+/// `ALTER EXTENSION pg_segment UPDATE`: the library serves the SQL objects of both).
+pub fn order_features_aggregate() -> Result<OrderAggregate> {
+    let name = format!("{}._segment_order_features", extension_schema()?);
+    let current: Option<bool> = Spi::get_one_with_args(
+        "SELECT pg_catalog.to_regprocedure($1 || '(timestamptz, timestamp, float8, int, int8, timestamptz, \
+           timestamptz, timestamptz, float8[], bool)') IS NOT NULL",
+        &[name.as_str().into()],
+    )
+    .map_err(from_spi)?;
+    Ok(OrderAggregate { name, legacy: current != Some(true) })
 }
 
 pub struct Events {

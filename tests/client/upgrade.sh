@@ -30,9 +30,23 @@ fingerprint() {
             UNION ALL SELECT 'l' || model || mode FROM segment.live) s"
 }
 before=$(fingerprint)
+# the order features of every customer as of a fixed day, by 0.1.0's aggregate (hour and weekday
+# computed by SQL) and, after the update, by the current one (from the local time)
+order_features() {
+    q -c "SELECT md5(string_agg(user_id || ':' || f::text, ',' ORDER BY user_id)) FROM (
+            SELECT user_id, _segment_order_features($1, amount::float8, NULL::int, pg_catalog.hashtextextended(category, 0),
+                     $2 '2026-06-01', '2026-05-01', '2026-03-01', '{0.5,0.5}', false) AS f
+            FROM up_orders WHERE amount::float8 NOT IN ('NaN', 'Infinity', '-Infinity') GROUP BY user_id) s"
+}
+features_before=$(order_features created_at "extract(hour FROM created_at AT TIME ZONE 'America/New_York')::int,
+                     extract(isodow FROM created_at AT TIME ZONE 'America/New_York') >= 6,")
 q -c "ALTER EXTENSION pg_segment UPDATE" >/dev/null
 check "ALTER EXTENSION pg_segment UPDATE reaches $current" "$(q -c "SELECT extversion FROM pg_extension WHERE extname = 'pg_segment'")" "$current"
 check "models, centroids, assignments and live mode survive the update" "$(fingerprint)" "$before"
+check "the updated order features aggregate computes what 0.1.0's did" \
+  "$(order_features "created_at, created_at AT TIME ZONE 'America/New_York'" "") ${#features_before}" "$features_before 32"
+check "the update leaves room for HOT updates in the users table" \
+  "$(q -c "SELECT reloptions::text FROM pg_class WHERE oid = 'segment.up_users'::regclass")" "{fillfactor=90}"
 user=$(q -c "SELECT min(user_id) FROM up_personas WHERE persona = 'lapsed'")
 q -c "INSERT INTO up_orders (user_id, created_at, amount, category)
       SELECT $user, date_trunc('day', now()) - g * interval '2 days', 20, 'grocery' FROM generate_series(1, 40) g" >/dev/null
@@ -52,7 +66,9 @@ check "a re-fit after the update writes the next version" \
 functions() {
     timeout 60 "$as_pg" psql -X -q -At -d "$1" -c "
         SELECT md5(string_agg(f, '|' ORDER BY f)) FROM (
-          SELECT p.proname || '(' || pg_get_function_arguments(p.oid) || ') ' || pg_get_function_result(p.oid) AS f
+          SELECT p.proname || '(' || pg_get_function_arguments(p.oid) || ') ' || pg_get_function_result(p.oid)
+                 || ' ' || p.prosrc || coalesce((SELECT ' sspace ' || a.aggtransspace FROM pg_aggregate a
+                                                 WHERE a.aggfnoid = p.oid), '') AS f
           FROM pg_proc p JOIN pg_depend d ON d.classid = 'pg_proc'::regclass AND d.objid = p.oid AND d.deptype = 'e'
           JOIN pg_extension e ON e.oid = d.refobjid WHERE e.extname = 'pg_segment') s"
 }
