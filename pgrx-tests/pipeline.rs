@@ -32,6 +32,11 @@ fn pg_test_refit_writes_a_new_version_and_keeps_the_old_one() {
     demo("p2", 300);
     let fit = format!("SELECT count(*) FROM segment_users('p2_orders', 3, 'p2', options => '{{{AS_OF}}}')");
     Spi::run(&fit).unwrap();
+    // the new users table has statistics at once (the live path plans joins against it)
+    assert_eq!(
+        one::<bool>("SELECT reltuples = (SELECT count(*) FROM segment.p2_users) FROM pg_class WHERE oid = 'segment.p2_users'::regclass"),
+        Some(true)
+    );
     Spi::run(&fit).unwrap();
     assert_eq!(one::<i64>("SELECT count(*) FROM segment.models WHERE model = 'p2'"), Some(2));
     assert_eq!(one::<i64>("SELECT count(DISTINCT version) FROM segment.centroids WHERE model = 'p2'"), Some(2));

@@ -168,6 +168,7 @@ fn fit_model_inner(args: &FitArgs, reason: &str) -> crate::core::error::Result<V
     });
     let stored = Stored { model, version, spec: &spec, fit: &fit, lineage: lineage.as_ref(), descriptions: &descriptions };
     let rows = store(&stored, &feature_names, &orders, events.as_ref(), users, rows_used, rows_skipped, &skipped, reason)?;
+    catalog::analyze_users_table(model)?;
     // live writers that committed after the fit's snapshot: apply them under the new version
     live::apply(model, &touched, "order")?;
     if !previous {

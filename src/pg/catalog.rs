@@ -226,6 +226,23 @@ pub fn ensure_users_table(model: &str, key_type: &str) -> Result<bool> {
     Ok(false)
 }
 
+/// Statistics for the users table a fit has just written, when the caller owns it (others would
+/// only get a WARNING). Until autovacuum came by, the live path's plans joined thousands of users
+/// against a table without statistics: the first 20,000-customer live update after a first fit
+/// took 30 s instead of 2.7 s.
+pub fn analyze_users_table(model: &str) -> Result<()> {
+    let table = format!("segment.{}", quote_ident(&users_table(model)));
+    let owner: Option<bool> = Spi::get_one_with_args(
+        "SELECT (SELECT pg_catalog.pg_has_role(c.relowner, 'USAGE') FROM pg_catalog.pg_class c WHERE c.oid = $1::regclass)",
+        &[table.as_str().into()],
+    )
+    .map_err(from_spi)?;
+    if owner == Some(true) {
+        Spi::run(&format!("ANALYZE {table}")).map_err(from_spi)?;
+    }
+    Ok(())
+}
+
 /// A segment of the model's current version as people know it: id, name, description.
 pub struct KnownSegment {
     pub id: i32,
