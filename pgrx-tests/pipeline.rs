@@ -282,6 +282,27 @@ fn pg_test_aggregates_are_equal_in_parallel_and_serial_plans() {
     assert_eq!(one::<i64>("SELECT count(*) FROM segment_drift('p10') WHERE metric = 'centroid_shift' AND value < 0.05"), Some(4));
 }
 
+/// The aggregates called directly: rows without a time or a finite amount are not orders (a user
+/// with none left has no features), and a k-means step is refused centroids of the wrong shape.
+#[pg_test]
+fn pg_test_aggregates_skip_unusable_rows_and_refuse_bad_centroids() {
+    let features = |rows: &str| {
+        one::<Vec<f64>>(&format!(
+            "SELECT _segment_order_features(t, t::timestamp, a, NULL::int, NULL::int8, \
+                      '2026-06-01', '2026-05-01', '2026-03-01', '{{}}', false) \
+             FROM (VALUES (NULL::timestamptz, 1::float8), ('2026-01-01', 'NaN'), ('2026-01-02', 'Infinity'), \
+                          ('2026-01-03', NULL){rows}) v(t, a)"
+        ))
+    };
+    assert_eq!(features(""), None, "no usable order");
+    let one_order = features(", ('2026-05-31', 25)").expect("one usable order");
+    assert_eq!((one_order[0], one_order[1], one_order[2], one_order[3]), (0.0, 1.0, 1.0, 25.0), "[duplicates, recency, frequency, monetary]");
+    assert_eq!(
+        sqlstate_of("SELECT _segment_kmeans_step(ARRAY[1, 2]::real[], ARRAY[1, 2, 3]::float8[], 2)").as_deref(),
+        Some("22023")
+    );
+}
+
 #[pg_test]
 fn pg_test_a_fit_leaves_the_sessions_settings_as_they_were() {
     // bulk work raises work_mem to maintenance_work_mem and turns JIT off, for itself only

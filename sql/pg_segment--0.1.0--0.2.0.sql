@@ -36,21 +36,21 @@ REVOKE ALL ON FUNCTION _segment_enqueue() FROM PUBLIC;
 -- size of its state (SSPACE) so hash aggregation does not spill after a few thousand users.
 DROP AGGREGATE _segment_order_features(timestamptz, float8, int, int8, int, bool, timestamptz, timestamptz, timestamptz, float8[], bool);
 DROP FUNCTION "_segment_order_features_sfunc"(internal, timestamptz, float8, INT, bigint, INT, bool, timestamptz, timestamptz, timestamptz, double precision[], bool);
-CREATE  FUNCTION "_segment_order_features_sfunc"(
-	"state" internal, /* Internal */
-	"t" timestamp with time zone, /* TimestampWithTimeZone */
-	"local" timestamp, /* Timestamp */
-	"amount" double precision, /* f64 */
-	"slot" INT, /* Option < i32 > */
-	"category_hash" bigint, /* Option < i64 > */
-	"as_of" timestamp with time zone, /* TimestampWithTimeZone */
-	"cut30" timestamp with time zone, /* TimestampWithTimeZone */
-	"cut90" timestamp with time zone, /* TimestampWithTimeZone */
-	"priors" double precision[], /* pgrx :: datum :: Array < f64 > */
-	"dedupe" bool /* bool */
-) RETURNS internal /* Internal */
+CREATE FUNCTION "_segment_order_features_sfunc"(
+	"state" internal,
+	"t" timestamp with time zone,
+	"local" timestamp,
+	"amount" double precision,
+	"slot" INT,
+	"category_hash" bigint,
+	"as_of" timestamp with time zone,
+	"cut30" timestamp with time zone,
+	"cut90" timestamp with time zone,
+	"priors" double precision[],
+	"dedupe" bool
+) RETURNS internal
 IMMUTABLE PARALLEL SAFE
-LANGUAGE c /* Rust */
+LANGUAGE c
 AS 'MODULE_PATHNAME', 'order_transition_wrapper';
 CREATE AGGREGATE _segment_order_features(
     t timestamptz, local timestamp, amount float8, slot int, category_hash int8,

@@ -12,9 +12,9 @@
 
 use std::mem::size_of;
 
-use pgrx::datum::{Timestamp, TimestampWithTimeZone};
 use pgrx::prelude::*;
 use pgrx::Internal;
+use pgrx::{pg_getarg, pg_getarg_datum};
 
 use crate::core::order_features::{self, OrderRow, Params, MAX_CATEGORY_SLOTS};
 
@@ -70,89 +70,113 @@ fn read_priors(priors: &pgrx::datum::Array<f64>) -> ([f64; MAX_CATEGORY_SLOTS], 
     (out, priors.len())
 }
 
-/// What every order of a statement shares (the aggregate's direct arguments after the order's).
-struct Shared<'a> {
-    as_of: TimestampWithTimeZone,
-    cut30: TimestampWithTimeZone,
-    cut90: TimestampWithTimeZone,
-    priors: &'a pgrx::datum::Array<'a, f64>,
-    dedupe: bool,
+/// Positions of the transition functions' arguments (after the state, 0) in the two installed
+/// signatures: 0.2.0's `(t, local, amount, slot, category_hash, as_of, cut30, cut90, priors,
+/// dedupe)` and 0.1.0's `(t, amount, slot, category_hash, hour, weekend, as_of, cut30, cut90,
+/// priors, dedupe)`.
+struct Args {
+    t: usize,
+    /// The local time (0.2.0) or the hour and weekend flag (0.1.0).
+    local: Option<usize>,
+    hour_weekend: Option<(usize, usize)>,
+    amount: usize,
+    slot: usize,
+    category_hash: usize,
+    /// Then cut30, cut90, priors and dedupe.
+    as_of: usize,
 }
 
-/// The transition: the state (created at the first row), with `row` appended when it is usable.
-unsafe fn transition(mut state: Internal, row: Option<OrderRow>, shared: Shared, fcinfo: pg_sys::FunctionCallInfo) -> Internal {
+const ARGS: Args = Args { t: 1, local: Some(2), hour_weekend: None, amount: 3, slot: 4, category_hash: 5, as_of: 6 };
+const LEGACY_ARGS: Args = Args { t: 1, local: None, hour_weekend: Some((5, 6)), amount: 2, slot: 3, category_hash: 4, as_of: 7 };
+
+/// The transition: the state (created at the first row), with the row appended when it is usable.
+///
+/// The arguments are read from `fcinfo` here rather than unboxed by pgrx for every call: the
+/// priors array, which only a group's first row needs, cost a third of the transition when it
+/// was converted for each order.
+unsafe fn transition(fcinfo: pg_sys::FunctionCallInfo, a: &Args) -> Internal {
+    let arg = |n: usize| pg_getarg_datum(fcinfo, n);
+    let mut state: Internal = pg_getarg(fcinfo, 0).unwrap_or_default();
     let ptr = match state_of(&mut state) {
         Some(s) => s,
         None => {
-            let (priors, slots) = read_priors(shared.priors);
+            let time = |n: usize| arg(n).map_or(0, |d| d.value() as i64);
+            let priors: Option<pgrx::datum::Array<f64>> = pg_getarg(fcinfo, a.as_of + 3);
+            let (priors, slots) = priors.as_ref().map_or(([0.0; MAX_CATEGORY_SLOTS], 0), read_priors);
             let params = Params {
-                as_of: shared.as_of.into_inner(),
-                cut30: shared.cut30.into_inner(),
-                cut90: shared.cut90.into_inner(),
-                dedupe: shared.dedupe as u64,
+                as_of: time(a.as_of),
+                cut30: time(a.as_of + 1),
+                cut90: time(a.as_of + 2),
+                dedupe: arg(a.as_of + 4).is_some_and(|d| d.value() != 0) as u64,
                 slots: slots as u64,
                 priors,
             };
             new_state(agg_context(fcinfo), params, 8)
         }
     };
-    if let Some(row) = row {
+    if let Some(row) = order_row(fcinfo, a) {
         push(&mut *ptr, &[row]);
     }
     Internal::from(Some(pg_sys::Datum::from(ptr)))
+}
+
+/// The order of a transition call, None when it is not usable: a NULL time or amount, or (0.2.0)
+/// an amount that is NaN or infinite (cheaper to check here than in the scan's predicate). A user
+/// with no usable order finalizes to NULL.
+unsafe fn order_row(fcinfo: pg_sys::FunctionCallInfo, a: &Args) -> Option<OrderRow> {
+    let arg = |n: usize| pg_getarg_datum(fcinfo, n);
+    let t = arg(a.t)?.value() as i64;
+    let amount = f64::from_bits(arg(a.amount)?.value() as u64);
+    let (hour, weekend) = match (a.local, a.hour_weekend) {
+        (Some(local), _) => {
+            if !amount.is_finite() {
+                return None;
+            }
+            order_features::hour_and_weekend(arg(local)?.value() as i64)
+        }
+        (None, Some((hour, weekend))) => {
+            let hour = arg(hour).map_or(0, |d| (d.value() as i32).clamp(0, 23));
+            (hour as u8, arg(weekend).is_some_and(|d| d.value() != 0))
+        }
+        (None, None) => return None,
+    };
+    let slot = arg(a.slot).map(|d| d.value() as i32);
+    let category_hash = arg(a.category_hash).map(|d| d.value() as i64);
+    Some(OrderRow::new(t, amount, category_hash, slot_of(slot), hour, weekend))
 }
 
 fn slot_of(slot: Option<i32>) -> u16 {
     slot.unwrap_or(0).clamp(0, u16::MAX as i32) as u16
 }
 
-#[allow(clippy::too_many_arguments)]
-#[pg_extern(name = "_segment_order_features_sfunc", immutable, parallel_safe)]
-fn order_transition(
-    state: Internal,
-    t: TimestampWithTimeZone,
-    local: Timestamp,
-    amount: f64,
-    slot: Option<i32>,
-    category_hash: Option<i64>,
-    as_of: TimestampWithTimeZone,
-    cut30: TimestampWithTimeZone,
-    cut90: TimestampWithTimeZone,
-    priors: pgrx::datum::Array<f64>,
-    dedupe: bool,
-    fcinfo: pg_sys::FunctionCallInfo,
-) -> Internal {
-    // NaN and infinite amounts are not usable orders (cheaper here than in the scan's
-    // predicate); a user with no usable order finalizes to NULL
-    let row = amount.is_finite().then(|| {
-        let (hour, weekend) = order_features::hour_and_weekend(local.into_inner());
-        OrderRow::new(t.into_inner(), amount, category_hash, slot_of(slot), hour, weekend)
-    });
-    unsafe { transition(state, row, Shared { as_of, cut30, cut90, priors: &priors, dedupe }, fcinfo) }
+#[pg_extern(sql = r#"
+CREATE FUNCTION "_segment_order_features_sfunc"(
+	"state" internal,
+	"t" timestamp with time zone,
+	"local" timestamp,
+	"amount" double precision,
+	"slot" INT,
+	"category_hash" bigint,
+	"as_of" timestamp with time zone,
+	"cut30" timestamp with time zone,
+	"cut90" timestamp with time zone,
+	"priors" double precision[],
+	"dedupe" bool
+) RETURNS internal
+IMMUTABLE PARALLEL SAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'order_transition_wrapper';
+"#)]
+fn order_transition(fcinfo: pg_sys::FunctionCallInfo) -> Internal {
+    unsafe { transition(fcinfo, &ARGS) }
 }
 
 /// The transition of 0.1.0's signature (hour and weekend computed by SQL, non-finite amounts left
 /// out by the scan), whose SQL objects stay installed until `ALTER EXTENSION pg_segment UPDATE`
 /// drops them; `source::order_features_aggregate` tells the statements which one to call.
-#[allow(clippy::too_many_arguments)]
 #[pg_extern(sql = false)]
-fn sfunc(
-    state: Internal,
-    t: TimestampWithTimeZone,
-    amount: f64,
-    slot: Option<i32>,
-    category_hash: Option<i64>,
-    hour: i32,
-    weekend: bool,
-    as_of: TimestampWithTimeZone,
-    cut30: TimestampWithTimeZone,
-    cut90: TimestampWithTimeZone,
-    priors: pgrx::datum::Array<f64>,
-    dedupe: bool,
-    fcinfo: pg_sys::FunctionCallInfo,
-) -> Internal {
-    let row = OrderRow::new(t.into_inner(), amount, category_hash, slot_of(slot), hour.clamp(0, 23) as u8, weekend);
-    unsafe { transition(state, Some(row), Shared { as_of, cut30, cut90, priors: &priors, dedupe }, fcinfo) }
+fn sfunc(fcinfo: pg_sys::FunctionCallInfo) -> Internal {
+    unsafe { transition(fcinfo, &LEGACY_ARGS) }
 }
 
 #[pg_extern(name = "_segment_order_features_combine", immutable, parallel_safe)]
@@ -296,23 +320,42 @@ impl Step {
     }
 }
 
-#[pg_extern(name = "_segment_kmeans_step_sfunc", immutable, parallel_safe)]
-fn step_sfunc(
-    mut state: Internal,
-    embedding: Option<Vec<Option<f32>>>,
-    centroids: Vec<f64>,
-    k: i32,
-    fcinfo: pg_sys::FunctionCallInfo,
-) -> Internal {
+/// Reads its arguments from `fcinfo` (like the order features' transition): the centroids, which
+/// only the first row needs, are not converted for every row.
+#[pg_extern(sql = r#"
+CREATE FUNCTION "_segment_kmeans_step_sfunc"(
+	"state" internal,
+	"embedding" real[],
+	"centroids" double precision[],
+	"k" INT
+) RETURNS internal
+IMMUTABLE PARALLEL SAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'step_sfunc_wrapper';
+"#)]
+fn step_sfunc(fcinfo: pg_sys::FunctionCallInfo) -> Internal {
     unsafe {
-        let Some(e) = embedding else { return state };
-        let e: Vec<f64> = e.into_iter().map(|v| v.map_or(f64::NAN, f64::from)).collect();
+        let mut state: Internal = pg_getarg(fcinfo, 0).unwrap_or_default();
+        let Some(e) = pg_getarg::<pgrx::datum::Array<f32>>(fcinfo, 1) else { return state };
+        let e: Vec<f64> = e.iter().map(|v| v.map_or(f64::NAN, f64::from)).collect();
         let mut step = match Step::from_internal(&mut state) {
             Some(s) => s,
             None => {
-                let k = k.max(1) as usize;
-                if centroids.len() != k * e.len() {
-                    error!("pg_segment: {} centroid values for k = {k} and {} dimensions", centroids.len(), e.len());
+                let centroids: Vec<f64> = pg_getarg::<pgrx::datum::Array<f64>>(fcinfo, 2)
+                    .map(|c| c.iter().map(|v| v.unwrap_or(f64::NAN)).collect())
+                    .unwrap_or_default();
+                let k = pg_getarg::<i32>(fcinfo, 3).unwrap_or(1).max(1) as usize;
+                if centroids.len() != k * e.len() || centroids.iter().any(|v| !v.is_finite()) {
+                    ereport!(
+                        ERROR,
+                        PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                        format!(
+                            "pg_segment: the centroids must be {} finite values (k = {k}, {} dimensions), not {}",
+                            k * e.len(),
+                            e.len(),
+                            centroids.len()
+                        )
+                    );
                 }
                 let mut s = Step::alloc(agg_context(fcinfo), k, e.len());
                 s.floats()[..centroids.len()].copy_from_slice(&centroids);

@@ -119,28 +119,25 @@ impl Orders {
     }
 }
 
-/// The extension's schema, quoted: statements that run with a pinned search_path (the live
-/// triggers) name pg_segment's functions with it.
+/// The extension's schema, quoted ("public" before the extension is registered): statements that
+/// run with a pinned search_path (the live triggers) name pg_segment's functions with it.
+const EXTENSION_SCHEMA: &str = "SELECT coalesce((SELECT pg_catalog.quote_ident(n.nspname) FROM pg_catalog.pg_extension e \
+       JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'pg_segment'), 'public')";
+
 pub fn extension_schema() -> Result<String> {
-    Spi::get_one::<String>(
-        "SELECT pg_catalog.quote_ident(n.nspname) FROM pg_catalog.pg_extension e \
-         JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'pg_segment'",
-    )
-    .map_err(from_spi)
-    .map(|s| s.unwrap_or_else(|| "public".into()))
+    Spi::get_one::<String>(EXTENSION_SCHEMA).map_err(from_spi).map(Option::unwrap_or_default)
 }
 
 /// The order features aggregate, and which of its signatures is installed (0.1.0's until
-/// `ALTER EXTENSION pg_segment UPDATE`: the library serves the SQL objects of both).
+/// `ALTER EXTENSION pg_segment UPDATE`: the library serves the SQL objects of both), in one query.
 pub fn order_features_aggregate() -> Result<OrderAggregate> {
-    let name = format!("{}._segment_order_features", extension_schema()?);
-    let current: Option<bool> = Spi::get_one_with_args(
-        "SELECT pg_catalog.to_regprocedure($1 || '(timestamptz, timestamp, float8, int, int8, timestamptz, \
-           timestamptz, timestamptz, float8[], bool)') IS NOT NULL",
-        &[name.as_str().into()],
-    )
+    let (name, current) = Spi::get_two::<String, bool>(&format!(
+        "SELECT a, pg_catalog.to_regprocedure(a || '(timestamptz, timestamp, float8, int, int8, timestamptz, \
+           timestamptz, timestamptz, float8[], bool)') IS NOT NULL \
+         FROM (SELECT ({EXTENSION_SCHEMA}) || '._segment_order_features' AS a) s"
+    ))
     .map_err(from_spi)?;
-    Ok(OrderAggregate { name, legacy: current != Some(true) })
+    Ok(OrderAggregate { name: name.unwrap_or_default(), legacy: current != Some(true) })
 }
 
 pub struct Events {
