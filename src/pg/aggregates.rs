@@ -124,6 +124,8 @@ unsafe fn transition(fcinfo: pg_sys::FunctionCallInfo, a: &Args) -> Internal {
 /// an amount that is NaN or infinite (cheaper to check here than in the scan's predicate). A user
 /// with no usable order finalizes to NULL.
 unsafe fn order_row(fcinfo: pg_sys::FunctionCallInfo, a: &Args) -> Option<OrderRow> {
+    // all by-value Datums on the 64-bit platforms pgrx supports: timestamptz, timestamp and int8
+    // as i64, float8 as its bits, int4 and bool in the low bits
     let arg = |n: usize| pg_getarg_datum(fcinfo, n);
     let t = arg(a.t)?.value() as i64;
     let amount = f64::from_bits(arg(a.amount)?.value() as u64);
