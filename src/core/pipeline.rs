@@ -16,6 +16,10 @@ use super::naming::{self, Profile};
 use super::options::{Algorithm, EmbeddingChoice, Options};
 use super::scaling::Scaler;
 
+/// A user's nearest segment (its index) and the distance to it; None when the user is not assigned
+/// (DBSCAN noise, or no finite embedding).
+pub type Assignment = Option<(usize, f64)>;
+
 /// Rows used to train the autoencoder, at most (the rest of the sample adds little).
 pub const AUTOENCODER_MAX_ROWS: usize = 20_000;
 /// Rows DBSCAN runs on, at most; the others are assigned by the nearest-centroid rule.
@@ -56,7 +60,7 @@ impl Model {
 
     /// Scaled features, embedding, (centroid index, distance) and cell of each user of a batch.
     #[allow(clippy::type_complexity)]
-    fn place(&self, columns: &[Vec<Option<f64>>]) -> (Array2<f64>, Array2<f64>, Vec<Option<(usize, f64)>>, Vec<Option<i32>>) {
+    fn place(&self, columns: &[Vec<Option<f64>>]) -> (Array2<f64>, Array2<f64>, Vec<Assignment>, Vec<Option<i32>>) {
         let x = self.scaler.transform(columns);
         let e = self.encoder.encode(x.view());
         let assigned = self.clustering.assign(e.view());
@@ -109,7 +113,7 @@ pub struct FitResult {
     pub report: FitReport,
     pub segments: Vec<Segment>,
     /// Per user: (segment index from 0, distance to its centroid), `None` for noise.
-    pub assignments: Vec<Option<(usize, f64)>>,
+    pub assignments: Vec<Assignment>,
     /// Per user: cell within the segment (see `cells`).
     pub cells: Vec<Option<i32>>,
     pub embeddings: Array2<f64>,
@@ -258,7 +262,7 @@ pub fn train(
 /// segment the sums its description needs. Memory: about `8 × (dims + 3)` bytes per user plus
 /// one batch.
 pub struct Placer {
-    assignments: Vec<Option<(usize, f64)>>,
+    assignments: Vec<Assignment>,
     cells: Vec<Option<i32>>,
     embeddings: Array2<f64>,
     sums: SegmentSums,
@@ -287,7 +291,7 @@ impl Placer {
     }
 
     /// Per user: (segment index, distance), cell and embedding.
-    pub fn into_parts(self) -> (Vec<Option<(usize, f64)>>, Vec<Option<i32>>, Array2<f64>) {
+    pub fn into_parts(self) -> (Vec<Assignment>, Vec<Option<i32>>, Array2<f64>) {
         (self.assignments, self.cells, self.embeddings)
     }
 

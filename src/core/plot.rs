@@ -156,7 +156,7 @@ pub fn sizes(days: &[String], sizes: &[Vec<f64>], segments: &[SegmentInfo]) -> S
         let pts: Vec<String> =
             series.iter().enumerate().map(|(d, v)| format!("{:.1},{:.1}", xs.at(d as f64), ys.at(*v))).collect();
         let _ = write!(s, "<polyline fill=\"none\" stroke=\"{}\" stroke-width=\"2.5\" points=\"{}\"/>", colour(i), pts.join(" "));
-        if let Some((d, v)) = series.iter().enumerate().last() {
+        if let Some((d, v)) = series.iter().enumerate().next_back() {
             let _ = write!(s, "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3.5\" fill=\"{}\"/>", xs.at(d as f64), ys.at(*v), colour(i));
         }
     }

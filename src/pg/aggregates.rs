@@ -76,9 +76,7 @@ fn read_priors(priors: &pgrx::datum::Array<f64>) -> ([f64; MAX_CATEGORY_SLOTS], 
 /// priors, dedupe)`.
 struct Args {
     t: usize,
-    /// The local time (0.2.0) or the hour and weekend flag (0.1.0).
-    local: Option<usize>,
-    hour_weekend: Option<(usize, usize)>,
+    local: Local,
     amount: usize,
     slot: usize,
     category_hash: usize,
@@ -86,8 +84,17 @@ struct Args {
     as_of: usize,
 }
 
-const ARGS: Args = Args { t: 1, local: Some(2), hour_weekend: None, amount: 3, slot: 4, category_hash: 5, as_of: 6 };
-const LEGACY_ARGS: Args = Args { t: 1, local: None, hour_weekend: Some((5, 6)), amount: 2, slot: 3, category_hash: 4, as_of: 7 };
+/// Where the order's local time of day comes from.
+enum Local {
+    /// The local time (0.2.0): hour and weekday derived here; non-finite amounts skipped here.
+    Time(usize),
+    /// The hour and the weekend flag, computed by the scan (0.1.0, which also leaves out
+    /// non-finite amounts itself).
+    HourWeekend(usize, usize),
+}
+
+const ARGS: Args = Args { t: 1, local: Local::Time(2), amount: 3, slot: 4, category_hash: 5, as_of: 6 };
+const LEGACY_ARGS: Args = Args { t: 1, local: Local::HourWeekend(5, 6), amount: 2, slot: 3, category_hash: 4, as_of: 7 };
 
 /// The transition: the state (created at the first row), with the row appended when it is usable.
 ///
@@ -129,18 +136,17 @@ unsafe fn order_row(fcinfo: pg_sys::FunctionCallInfo, a: &Args) -> Option<OrderR
     let arg = |n: usize| pg_getarg_datum(fcinfo, n);
     let t = arg(a.t)?.value() as i64;
     let amount = f64::from_bits(arg(a.amount)?.value() as u64);
-    let (hour, weekend) = match (a.local, a.hour_weekend) {
-        (Some(local), _) => {
+    let (hour, weekend) = match a.local {
+        Local::Time(local) => {
             if !amount.is_finite() {
                 return None;
             }
             order_features::hour_and_weekend(arg(local)?.value() as i64)
         }
-        (None, Some((hour, weekend))) => {
+        Local::HourWeekend(hour, weekend) => {
             let hour = arg(hour).map_or(0, |d| (d.value() as i32).clamp(0, 23));
             (hour as u8, arg(weekend).is_some_and(|d| d.value() != 0))
         }
-        (None, None) => return None,
     };
     let slot = arg(a.slot).map(|d| d.value() as i32);
     let category_hash = arg(a.category_hash).map(|d| d.value() as i64);
@@ -224,7 +230,7 @@ fn serialize(mut state: Internal) -> Vec<u8> {
 #[pg_extern(name = "_segment_order_features_deserialize", immutable, parallel_safe, strict)]
 fn deserialize(bytes: &[u8], _state: Internal) -> Internal {
     unsafe {
-        if bytes.len() < size_of::<Params>() || (bytes.len() - size_of::<Params>()) % size_of::<OrderRow>() != 0 {
+        if bytes.len() < size_of::<Params>() || !(bytes.len() - size_of::<Params>()).is_multiple_of(size_of::<OrderRow>()) {
             error!("pg_segment: corrupt order features state ({} bytes)", bytes.len());
         }
         let params = std::ptr::read_unaligned(bytes.as_ptr().cast::<Params>());

@@ -12,7 +12,7 @@ use crate::core::matching::{self, Lineage};
 use crate::core::pipeline::{self, FitResult};
 use crate::pg::catalog::{self, CentroidRow, ModelRow};
 use crate::pg::error::{from_spi, raise, OrRaise};
-use crate::pg::live;
+use crate::pg::live::{self, SegmentRow};
 use crate::pg::source::{self, Events, Orders, WORK_TABLE};
 
 fn required<T>(v: Option<T>, what: &str) -> T {
@@ -81,11 +81,11 @@ pub struct FitArgs {
 /// Fits and stores a new version of a model. A re-fit keeps the ids and names of segments that
 /// are still the same group of users and records every membership change with `reason`.
 /// Returns (segment_id, name, users, share, users who moved in).
-pub fn fit_model(args: &FitArgs, reason: &str) -> crate::core::error::Result<Vec<(i32, String, i64, f64, i64)>> {
+pub fn fit_model(args: &FitArgs, reason: &str) -> crate::core::error::Result<Vec<SegmentRow>> {
     source::with_bulk_settings(|| fit_model_inner(args, reason))
 }
 
-fn fit_model_inner(args: &FitArgs, reason: &str) -> crate::core::error::Result<Vec<(i32, String, i64, f64, i64)>> {
+fn fit_model_inner(args: &FitArgs, reason: &str) -> crate::core::error::Result<Vec<SegmentRow>> {
     let (model, opts, k) = (&args.model, &args.opts, args.k);
     crate::pg::gucs::apply_max_threads();
     catalog::check_model_name(model)?;
@@ -282,7 +282,7 @@ fn store(
     rows_skipped: i64,
     skipped: &source::Skipped,
     reason: &str,
-) -> crate::core::error::Result<Vec<(i32, String, i64, f64, i64)>> {
+) -> crate::core::error::Result<Vec<SegmentRow>> {
     let (model, version, fit) = (st.model, st.version, st.fit);
     let mut metrics = serde_json::to_value(&fit.report.metrics).unwrap_or(Value::Null);
     if let Value::Object(m) = &mut metrics {
@@ -350,7 +350,7 @@ fn store(
         reason,
     )?;
 
-    let mut rows: Vec<(i32, String, i64, f64, i64)> = fit
+    let mut rows: Vec<SegmentRow> = fit
         .segments
         .iter()
         .enumerate()

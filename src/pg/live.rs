@@ -117,15 +117,12 @@ pub fn load(model: &str) -> Result<Rc<LiveModel>> {
         category: col("category"),
         aggregate: crate::pg::source::order_features_aggregate()?,
     };
-    let events = match events_rel {
-        Some(relation) => Some(EventsSql {
-            relation,
-            user: quote_ident(&spec_str(&spec, &["events", "user"]).unwrap_or_default()),
-            time: quote_ident(&spec_str(&spec, &["events", "time"]).unwrap_or_default()),
-            event_type: quote_ident(&spec_str(&spec, &["events", "type"]).unwrap_or_default()),
-        }),
-        None => None,
-    };
+    let events = events_rel.map(|relation| EventsSql {
+        relation,
+        user: quote_ident(&spec_str(&spec, &["events", "user"]).unwrap_or_default()),
+        time: quote_ident(&spec_str(&spec, &["events", "time"]).unwrap_or_default()),
+        event_type: quote_ident(&spec_str(&spec, &["events", "type"]).unwrap_or_default()),
+    });
     let categories: Vec<TopCategory> = spec["categories"]
         .as_array()
         .map(|a| {
@@ -666,7 +663,9 @@ pub fn all_users(model: &str) -> Result<Vec<String>> {
 // ---------------------------------------------------------------------------------------------
 // Refresh
 
-type SegmentRow = (i32, String, i64, f64, i64);
+/// One row of `segment_users` and `segment_refresh`: segment id, name, users, share, users who
+/// moved into it.
+pub type SegmentRow = (i32, String, i64, f64, i64);
 
 /// Brings every user up to date (features at now(), nearest segment of the current version);
 /// with `refit`, fits a new version whose segments keep their ids where they are the same

@@ -332,8 +332,11 @@ fn feature_list(feats: &[FeatureDef]) -> String {
     feats.iter().map(|f| features::quote_ident(&f.name)).collect::<Vec<_>>().join(", ")
 }
 
+/// Feature values by column (one vector per feature, one entry per user; None where missing).
+type Columns = Vec<Vec<Option<f64>>>;
+
 /// Reads one batch of rows `(rn, feature...)` into row positions (`rn - 1`) and columns.
-fn read_rows(t: pgrx::spi::SpiTupleTable, n_feats: usize) -> Result<(Vec<usize>, Vec<Vec<Option<f64>>>)> {
+fn read_rows(t: pgrx::spi::SpiTupleTable, n_feats: usize) -> Result<(Vec<usize>, Columns)> {
     let mut rows = Vec::with_capacity(t.len());
     let mut columns = vec![Vec::with_capacity(t.len()); n_feats];
     for row in t {
@@ -346,7 +349,7 @@ fn read_rows(t: pgrx::spi::SpiTupleTable, n_feats: usize) -> Result<(Vec<usize>,
 }
 
 /// The features of the users at `rows` (positions from 0, ascending), in that order.
-pub fn read_features_of(feats: &[FeatureDef], rows: &[usize]) -> Result<Vec<Vec<Option<f64>>>> {
+pub fn read_features_of(feats: &[FeatureDef], rows: &[usize]) -> Result<Columns> {
     let rns: Vec<i64> = rows.iter().map(|&r| r as i64 + 1).collect();
     let (found, columns) = Spi::connect(|c| {
         let sql = format!("SELECT w.rn, {} FROM {WORK_TABLE} w JOIN unnest($1::int8[]) AS s(rn) USING (rn)", feature_list(feats));
