@@ -28,6 +28,22 @@ else
     # kept, so that a failure in the live part does not lose half an hour of measurements
     mkdir -p "$root/bench/data" && cp "$work/batch.md" "$root/bench/data/batch.md"
 fi
+# BENCH_ONLY=batch: the batch section replaces the one in BENCHMARKS.md; the live path and
+# lookalike sections stay from their last run (with its date)
+if [ "${BENCH_ONLY:-}" = batch ]; then
+    live_date=$(sed -n 's/^Measured by `make bench` (\([0-9-]*\)).*/\1/p' "$root/BENCHMARKS.md" | head -1)
+    awk -v f="$work/batch.md" -v d="$live_date" '
+        /^## Batch pipeline/ { while ((getline l < f) > 0) print l; skip = 1; next }
+        /^## Live path/ { skip = 0; print; print ""
+                          print "(This section and the ones after it are from the run of " d "; BENCH_ONLY=batch re-measured the batch section.)"
+                          next }
+        /^\(This section and the ones after it are from the run of/ { getline; next }
+        !skip' "$root/BENCHMARKS.md" > "$work/all.md"
+    sed -i "s/^Measured by \`make bench\` ([0-9-]*)/Measured by \`make bench\` ($(date -u +%Y-%m-%d))/" "$work/all.md"
+    cp "$work/all.md" "$root/BENCHMARKS.md"
+    echo "wrote BENCHMARKS.md (batch section)"
+    exit 0
+fi
 
 echo "== data: $users customers"
 psql -c "SET client_min_messages = warning" -c "CREATE EXTENSION pg_segment" \

@@ -71,6 +71,10 @@ plan=$(psql -At -c "EXPLAIN SELECT user_id, _segment_order_features(created_at, 
                             now(), now(), now(), '{}', false) FROM demo_orders GROUP BY user_id" | tr '\n' ' ')
 parallel=$(grep -q "Partial" <<<"$plan" && echo yes || echo no)
 
+# P5: live mode needs an index on the orders' user column (segment_live warns without one):
+# with it, applying the changed customers reads their orders by index instead of scanning all.
+# Created after P1 (a fit scans the orders whatever their indexes).
+psql -c "CREATE INDEX ON demo_orders (user_id)" -c "ANALYZE demo_orders" >/dev/null
 # P5: 1% of the customers order again (live off). segment_refresh() brings every customer up to
 # date (recency moves for everybody) without re-fitting; applying only the changed 1% is what
 # live mode does (the async queue's segment_process). Both against a full fit, as of the same day.
@@ -237,7 +241,9 @@ $profile
   Its reference row is the least that needs: rewriting every customer's row once costs
   $(ratio "$(m floor_update)" "$(m refit)") of a full fit, so ≤ 0.05 cannot be met by a refresh that
   brings every customer up to date. Applying only the changed customers is what live mode
-  (\`segment_process\`) does: the semi-join over their orders and the upsert of their rows.
+  (\`segment_process\`) does: their orders read through the index on the user column that live
+  mode asks for (without it, the statement scans all the orders: 2.4 s instead of about 0.6 s
+  for 10,000 customers), then the upsert of their rows.
 - **P6.** $( [ -n "$seed_row" ] && echo "Measured at the seed's scale in the row above (\`SCALE=seed make bench\`)." || echo "Not measured at the seed's scale in this run (\`SCALE=seed make bench\` adds it).")
 MD
 echo "wrote $out"
