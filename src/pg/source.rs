@@ -119,11 +119,12 @@ impl Orders {
     }
 }
 
-/// The extension's schema, quoted ("public" before the extension is registered): statements that
-/// run with a pinned search_path (the live triggers) name pg_segment's functions with it.
+/// The query behind [`extension_schema`], also a subquery of [`order_features_aggregate`].
 const EXTENSION_SCHEMA: &str = "SELECT coalesce((SELECT pg_catalog.quote_ident(n.nspname) FROM pg_catalog.pg_extension e \
        JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'pg_segment'), 'public')";
 
+/// The extension's schema, quoted ("public" before the extension is registered): statements that
+/// run with a pinned search_path (the live triggers) name pg_segment's functions with it.
 pub fn extension_schema() -> Result<String> {
     Spi::get_one::<String>(EXTENSION_SCHEMA).map_err(from_spi).map(Option::unwrap_or_default)
 }
