@@ -76,10 +76,74 @@ BEGIN
     FOR r IN SELECT DISTINCT model FROM segment.models ORDER BY model LOOP
         IF pg_catalog.to_regclass(format('segment.%I', r.model || '_users')) IS NOT NULL THEN
             EXECUTE format('ALTER TABLE segment.%I SET (fillfactor = 90)', r.model || '_users');
+            EXECUTE format('ALTER TABLE segment.%I ADD COLUMN IF NOT EXISTS live_tag int8, '
+                           'ADD COLUMN IF NOT EXISTS live_orders bytea, ADD COLUMN IF NOT EXISTS live_events bytea',
+                           r.model || '_users');
         END IF;
     END LOOP;
 END
 $fillfactor$;
+
+-- Live mode's per-user state (sync INSERTs merge new rows into it instead of re-reading history).
+CREATE FUNCTION "_segment_order_rows_sfunc"(
+	"state" internal,
+	"t" timestamp with time zone,
+	"local" timestamp,
+	"amount" double precision,
+	"slot" INT,
+	"category_hash" bigint
+) RETURNS internal
+IMMUTABLE PARALLEL SAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'rows_transition_wrapper';
+
+CREATE  FUNCTION "_segment_order_rows_final"(
+	"state" internal /* Internal */
+) RETURNS bytea /* Vec < u8 > */
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'rows_final_wrapper';
+
+CREATE AGGREGATE _segment_order_rows(t timestamptz, local timestamp, amount float8, slot int, category_hash int8)
+(
+    SFUNC = _segment_order_rows_sfunc,
+    STYPE = internal,
+    SSPACE = 1024,
+    FINALFUNC = _segment_order_rows_final,
+    COMBINEFUNC = _segment_order_features_combine,
+    SERIALFUNC = _segment_order_features_serialize,
+    DESERIALFUNC = _segment_order_features_deserialize,
+    PARALLEL = SAFE
+);
+COMMENT ON AGGREGATE _segment_order_rows(timestamptz, timestamp, float8, int, int8) IS
+    'pg_segment internal: one user''s usable orders, sorted, as live mode stores them';
+
+CREATE  FUNCTION "_segment_event_tally"(
+	"as_of" timestamp with time zone, /* TimestampWithTimeZone */
+	"events" bigint, /* i64 */
+	"views" bigint, /* i64 */
+	"carts" bigint, /* i64 */
+	"searches" bigint, /* i64 */
+	"last" timestamp with time zone, /* Option < TimestampWithTimeZone > */
+	"pending_t" timestamp with time zone[], /* :: std :: option :: Option < Vec < Option < TimestampWithTimeZone > > > */
+	"pending_kind" INT[] /* :: std :: option :: Option < Vec < Option < i32 > > > */
+) RETURNS bytea /* Vec < u8 > */
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'event_tally_wrapper';
+
+CREATE  FUNCTION "_segment_live_insert"(
+	"model" TEXT, /* & str */
+	"keys" TEXT[], /* Vec < Option < String > > */
+	"orders" bytea[], /* pgrx :: datum :: Array < & [u8] > */
+	"events" bytea[] /* pgrx :: datum :: Array < & [u8] > */
+) RETURNS void
+STRICT VOLATILE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'live_insert_wrapper';
+
+REVOKE ALL ON FUNCTION _segment_live_insert(text, text[], bytea[], bytea[]) FROM PUBLIC;
+
 
 -- Every live model's triggers are re-written by the new code (which also drops the queue's
 -- primary key): the old async triggers de-duplicated with ON CONFLICT on that key. The trigger
@@ -103,3 +167,4 @@ BEGIN
     END LOOP;
 END
 $upgrade$;
+

@@ -43,7 +43,15 @@ pub struct FeatureDef {
 }
 
 fn def(name: &str, transform: Transform, impute: Impute, sql: impl Into<String>) -> FeatureDef {
-    FeatureDef { name: name.to_string(), transform, impute, weight: 1.0, sql: sql.into(), from_events: false, category: None }
+    FeatureDef {
+        name: name.to_string(),
+        transform,
+        impute,
+        weight: 1.0,
+        sql: sql.into(),
+        from_events: false,
+        category: None,
+    }
 }
 
 /// An order feature: computed by the `_segment_order_features` aggregate
@@ -53,8 +61,7 @@ fn order(name: &str, transform: Transform, impute: Impute) -> FeatureDef {
 }
 
 /// The features that are also stored as plainly named columns of the per-user table.
-pub const RFM_COLUMNS: &[&str] =
-    &["recency_days", "frequency", "monetary", "avg_order_value", "tenure_days"];
+pub const RFM_COLUMNS: &[&str] = &["recency_days", "frequency", "monetary", "avg_order_value", "tenure_days"];
 
 /// Order features whose value for a user with no orders is 0 (the others stay NULL).
 pub const ZERO_WITHOUT_ORDERS: &[&str] = &["frequency", "monetary", "orders_30d", "monetary_90d"];
@@ -286,6 +293,110 @@ pub fn catalogue(categories: &[TopCategory], has_category: bool, events: bool) -
     f
 }
 
+/// The category slot (1-based position among the top categories, NULL for any other) and the
+/// category hash of an order row, as SQL expressions over the orders' columns.
+fn slot_and_hash(o: &OrdersSql, feats: &[FeatureDef]) -> (String, String) {
+    let slots: Vec<&(Option<String>, f64)> =
+        feats.iter().filter(|f| !f.from_events).filter_map(|f| f.category.as_ref()).collect();
+    match &o.category {
+        Some(c) if !slots.is_empty() => {
+            let cases: Vec<String> = slots
+                .iter()
+                .enumerate()
+                .filter_map(|(i, (name, _))| name.as_ref().map(|n| format!("WHEN {} THEN {}", quote_literal(n), i + 1)))
+                .collect();
+            let slot = if cases.is_empty() {
+                "NULL::int".to_string()
+            } else {
+                format!("CASE ({c})::text {} END", cases.join(" "))
+            };
+            (slot, format!("pg_catalog.hashtextextended(({c})::text, 0)"))
+        }
+        _ => ("NULL::int".to_string(), "NULL::int8".to_string()),
+    }
+}
+
+/// The category slots of a catalogue in slot order, by name (None is "other"): what a stored
+/// live state's rows were encoded against (`live_state::tag`).
+pub fn slot_names(feats: &[FeatureDef]) -> Vec<Option<&str>> {
+    feats.iter().filter_map(|f| f.category.as_ref()).map(|(name, _)| name.as_deref()).collect()
+}
+
+/// Live mode's stored state of the users the rows of `rel` belong to (`rel` is the orders source
+/// or a transition table of it): `user_id` and `orders`, the usable orders as the
+/// `_segment_order_rows` aggregate (`rows_agg`) collects them. Unlike the features, the state
+/// keeps orders dated after now: they count once their time has come. `only_users` as in
+/// [`features_select`].
+pub fn order_rows_select(
+    o: &OrdersSql,
+    feats: &[FeatureDef],
+    timezone: &str,
+    rows_agg: &str,
+    rel: &str,
+    only_users: Option<&str>,
+) -> String {
+    let (slot, hash) = slot_and_hash(o, feats);
+    format!(
+        "SELECT u AS user_id, {rows_agg}(t, lt, a, slot, h) AS orders \
+         FROM (SELECT {u} AS u, ({t})::timestamptz AS t, ({t})::timestamptz AT TIME ZONE {tz} AS lt, \
+                      ({a})::float8 AS a, {slot} AS slot, {hash} AS h \
+               FROM {rel} WHERE {u} IS NOT NULL AND {t} IS NOT NULL AND {a} IS NOT NULL{only}) s \
+         GROUP BY u",
+        u = o.user,
+        t = o.time,
+        a = o.amount,
+        tz = quote_literal(timezone),
+        only = only_users.map(|c| format!(" AND {} {c}", o.user)).unwrap_or_default(),
+    )
+}
+
+/// The events half of live mode's state: `user_id` and `events`, a tally made by `tally_fn`
+/// (`_segment_event_tally`) as of now() of the usable events in `rel` (kinds as the funnel
+/// features match them).
+pub fn event_tally_select(e: &EventsSql, tally_fn: &str, rel: &str, only_users: Option<&str>) -> String {
+    format!(
+        "SELECT u AS user_id, {tally_fn}(now(), count(*) FILTER (WHERE t <= now()), \
+                  count(*) FILTER (WHERE t <= now() AND k = 1), count(*) FILTER (WHERE t <= now() AND k = 2), \
+                  count(*) FILTER (WHERE t <= now() AND k = 3), max(t) FILTER (WHERE t <= now()), \
+                  array_agg(t) FILTER (WHERE t > now()), array_agg(k) FILTER (WHERE t > now())) AS events \
+         FROM (SELECT {eu} AS u, ({et})::timestamptz AS t, \
+                      CASE WHEN lower(({ty})::text) IN ({views}) THEN 1 WHEN lower(({ty})::text) IN ({carts}) THEN 2 \
+                           WHEN lower(({ty})::text) IN ({searches}) THEN 3 ELSE 0 END AS k \
+               FROM {rel} WHERE {eu} IS NOT NULL AND {et} IS NOT NULL{only}) s \
+         GROUP BY u",
+        eu = e.user,
+        et = e.time,
+        ty = e.event_type,
+        views = in_list(VIEW_TYPES),
+        carts = in_list(CART_TYPES),
+        searches = in_list(SEARCH_TYPES),
+        only = only_users.map(|c| format!(" AND {} {c}", e.user)).unwrap_or_default(),
+    )
+}
+
+/// Live mode's whole state of the users `only_users` selects (all users without it), from the
+/// sources: `user_id`, `orders` and `events` (NULL without an events source).
+#[allow(clippy::too_many_arguments)]
+pub fn state_select(
+    o: &OrdersSql,
+    events: Option<&EventsSql>,
+    feats: &[FeatureDef],
+    timezone: &str,
+    rows_agg: &str,
+    tally_fn: &str,
+    only_users: Option<&str>,
+) -> String {
+    let orders = order_rows_select(o, feats, timezone, rows_agg, &o.relation, only_users);
+    match events {
+        None => format!("SELECT user_id, orders, NULL::bytea AS events FROM ({orders}) o"),
+        Some(e) => format!(
+            "SELECT coalesce(o.user_id, e.user_id) AS user_id, o.orders, e.events \
+             FROM ({orders}) o FULL JOIN ({}) e ON e.user_id = o.user_id",
+            event_tally_select(e, tally_fn, &e.relation, only_users)
+        ),
+    }
+}
+
 /// The statement that materialises one row per user (`rn`, `user_id`, the per-user duplicate
 /// count `duplicates`, then one float8 column per feature) into the temp table `table`.
 pub fn features_sql(
@@ -320,18 +431,7 @@ pub fn features_select(
     let tz = quote_literal(timezone);
     let order_feats: Vec<&FeatureDef> = feats.iter().filter(|f| !f.from_events).collect();
     let slots: Vec<&(Option<String>, f64)> = order_feats.iter().filter_map(|f| f.category.as_ref()).collect();
-    let (slot, hash) = match &o.category {
-        Some(c) if !slots.is_empty() => {
-            let cases: Vec<String> = slots
-                .iter()
-                .enumerate()
-                .filter_map(|(i, (name, _))| name.as_ref().map(|n| format!("WHEN {} THEN {}", quote_literal(n), i + 1)))
-                .collect();
-            let slot = if cases.is_empty() { "NULL::int".to_string() } else { format!("CASE ({c})::text {} END", cases.join(" ")) };
-            (slot, format!("pg_catalog.hashtextextended(({c})::text, 0)"))
-        }
-        _ => ("NULL::int".to_string(), "NULL::int8".to_string()),
-    };
+    let (slot, hash) = slot_and_hash(o, feats);
     let priors: Vec<String> = slots.iter().map(|(_, p)| format!("{p:.9}")).collect();
     let cols: Vec<String> = std::iter::once("f[1] AS duplicates".to_string())
         .chain(order_feats.iter().enumerate().map(|(i, f)| format!("f[{}] AS {}", i + 2, quote_ident(&f.name))))
@@ -434,10 +534,8 @@ mod tests {
 
     #[test]
     fn catalogue_shape() {
-        let cats = vec![
-            TopCategory { name: "books".into(), share: 0.3 },
-            TopCategory { name: "toys".into(), share: 0.2 },
-        ];
+        let cats =
+            vec![TopCategory { name: "books".into(), share: 0.3 }, TopCategory { name: "toys".into(), share: 0.2 }];
         let f = catalogue(&cats, true, true);
         let names: Vec<&str> = f.iter().map(|f| f.name.as_str()).collect();
         assert_eq!(&names[..5], RFM_COLUMNS);
@@ -504,7 +602,10 @@ mod tests {
             category: Some(quote_ident("cat")),
             aggregate: OrderAggregate { name: "s._segment_order_features".into(), legacy: false },
         };
-        let cats = vec![TopCategory { name: "it's".into(), share: 0.5 }, TopCategory { name: "home.garden".into(), share: 0.2 }];
+        let cats = vec![
+            TopCategory { name: "it's".into(), share: 0.5 },
+            TopCategory { name: "home.garden".into(), share: 0.2 },
+        ];
         let feats = catalogue(&cats, true, false);
         let sql = features_sql("pg_temp.f", &o, None, &feats, AsOf::at(0.0), false, "UTC");
         assert!(sql.contains("\"Customer\" AS u"));

@@ -8,6 +8,7 @@ pub mod embedding;
 pub mod error;
 pub mod features;
 pub mod kmeans;
+pub mod live_state;
 pub mod matching;
 pub mod metrics;
 pub mod naming;

@@ -88,14 +88,17 @@ pub fn state_bytes(rows: u64, users: u64) -> u64 {
     rows * row * 4 / 3 + users * (std::mem::size_of::<Params>() as u64 + 64)
 }
 
+/// Sorts orders by (time, amount, category): the order [`compute`] reads them in.
+pub fn sort_rows(rows: &mut [OrderRow]) {
+    rows.sort_by(|x, y| x.t.cmp(&y.t).then(x.amount.total_cmp(&y.amount)).then(x.category().cmp(&y.category())));
+}
+
 /// The number of duplicate orders, then the order features in catalogue order: recency, frequency,
 /// monetary, average order value, tenure, interval mean and std, orders in 30 days, money in 90
 /// days, weekend share, hour sin and cos, then one share per category slot (top categories,
 /// "other"). `rows` must not be empty (the aggregate is only finalized for users with orders).
 pub fn compute(rows: &mut [OrderRow], p: &Params) -> (f64, Vec<f64>) {
-    rows.sort_by(|x, y| {
-        x.t.cmp(&y.t).then(x.amount.total_cmp(&y.amount)).then(x.category().cmp(&y.category()))
-    });
+    sort_rows(rows);
     let days = |from: i64, to: i64| (to as f64 - from as f64) / MICROS_PER_DAY;
     let (mut n, mut sum, mut t_min, mut t_max) = (0.0, 0.0, i64::MAX, i64::MIN);
     let mut gaps: Vec<f64> = Vec::with_capacity(rows.len());
@@ -132,7 +135,8 @@ pub fn compute(rows: &mut [OrderRow], p: &Params) -> (f64, Vec<f64>) {
         hcos += angle.cos();
         let slots = p.slots as usize;
         if slots > 0 {
-            let slot = if (r.slot as usize) >= 1 && (r.slot as usize) < slots { r.slot as usize - 1 } else { slots - 1 };
+            let slot =
+                if (r.slot as usize) >= 1 && (r.slot as usize) < slots { r.slot as usize - 1 } else { slots - 1 };
             per_slot[slot] += 1.0;
         }
     }
@@ -182,7 +186,14 @@ mod tests {
     fn params(dedupe: bool, slots: usize) -> Params {
         let mut priors = [0.0; MAX_CATEGORY_SLOTS];
         priors[..3].copy_from_slice(&[0.5, 0.3, 0.2]);
-        Params { as_of: 100 * DAY, cut30: 70 * DAY, cut90: 10 * DAY, dedupe: dedupe as u64, slots: slots as u64, priors }
+        Params {
+            as_of: 100 * DAY,
+            cut30: 70 * DAY,
+            cut90: 10 * DAY,
+            dedupe: dedupe as u64,
+            slots: slots as u64,
+            priors,
+        }
     }
 
     fn row(day: i64, amount: f64, slot: u16) -> OrderRow {

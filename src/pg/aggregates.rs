@@ -16,6 +16,7 @@ use pgrx::prelude::*;
 use pgrx::Internal;
 use pgrx::{pg_getarg, pg_getarg_datum};
 
+use crate::core::live_state;
 use crate::core::order_features::{self, OrderRow, Params, MAX_CATEGORY_SLOTS};
 
 #[repr(C)]
@@ -80,8 +81,9 @@ struct Args {
     amount: usize,
     slot: usize,
     category_hash: usize,
-    /// Then cut30, cut90, priors and dedupe.
-    as_of: usize,
+    /// Then cut30, cut90, priors and dedupe; None for `_segment_order_rows`, which takes no
+    /// parameters (it only collects the rows).
+    as_of: Option<usize>,
 }
 
 /// Where the order's local time of day comes from.
@@ -93,8 +95,10 @@ enum Local {
     HourWeekend(usize, usize),
 }
 
-const ARGS: Args = Args { t: 1, local: Local::Time(2), amount: 3, slot: 4, category_hash: 5, as_of: 6 };
-const LEGACY_ARGS: Args = Args { t: 1, local: Local::HourWeekend(5, 6), amount: 2, slot: 3, category_hash: 4, as_of: 7 };
+const ARGS: Args = Args { t: 1, local: Local::Time(2), amount: 3, slot: 4, category_hash: 5, as_of: Some(6) };
+const ROWS_ARGS: Args = Args { as_of: None, ..ARGS };
+const LEGACY_ARGS: Args =
+    Args { t: 1, local: Local::HourWeekend(5, 6), amount: 2, slot: 3, category_hash: 4, as_of: Some(7) };
 
 /// The transition: the state (created at the first row), with the row appended when it is usable.
 ///
@@ -107,16 +111,21 @@ unsafe fn transition(fcinfo: pg_sys::FunctionCallInfo, a: &Args) -> Internal {
     let ptr = match state_of(&mut state) {
         Some(s) => s,
         None => {
-            let time = |n: usize| arg(n).map_or(0, |d| d.value() as i64);
-            let priors: Option<pgrx::datum::Array<f64>> = pg_getarg(fcinfo, a.as_of + 3);
-            let (priors, slots) = priors.as_ref().map_or(([0.0; MAX_CATEGORY_SLOTS], 0), read_priors);
-            let params = Params {
-                as_of: time(a.as_of),
-                cut30: time(a.as_of + 1),
-                cut90: time(a.as_of + 2),
-                dedupe: arg(a.as_of + 4).is_some_and(|d| d.value() != 0) as u64,
-                slots: slots as u64,
-                priors,
+            let params = match a.as_of {
+                Some(as_of) => {
+                    let time = |n: usize| arg(n).map_or(0, |d| d.value() as i64);
+                    let priors: Option<pgrx::datum::Array<f64>> = pg_getarg(fcinfo, as_of + 3);
+                    let (priors, slots) = priors.as_ref().map_or(([0.0; MAX_CATEGORY_SLOTS], 0), read_priors);
+                    Params {
+                        as_of: time(as_of),
+                        cut30: time(as_of + 1),
+                        cut90: time(as_of + 2),
+                        dedupe: arg(as_of + 4).is_some_and(|d| d.value() != 0) as u64,
+                        slots: slots as u64,
+                        priors,
+                    }
+                }
+                None => Params { as_of: 0, cut30: 0, cut90: 0, dedupe: 0, slots: 0, priors: [0.0; MAX_CATEGORY_SLOTS] },
             };
             new_state(agg_context(fcinfo), params, 8)
         }
@@ -214,10 +223,15 @@ fn combine(mut a: Internal, mut b: Internal, fcinfo: pg_sys::FunctionCallInfo) -
 #[pg_extern(name = "_segment_order_features_serialize", immutable, parallel_safe, strict)]
 fn serialize(mut state: Internal) -> Vec<u8> {
     unsafe {
-        let Some(s) = state_of(&mut state) else { return Vec::new() };
+        let Some(s) = state_of(&mut state) else {
+            return Vec::new();
+        };
         let s = &*s;
         let mut out = Vec::with_capacity(size_of::<Params>() + s.len * size_of::<OrderRow>());
-        out.extend_from_slice(std::slice::from_raw_parts((&s.params as *const Params).cast::<u8>(), size_of::<Params>()));
+        out.extend_from_slice(std::slice::from_raw_parts(
+            (&s.params as *const Params).cast::<u8>(),
+            size_of::<Params>(),
+        ));
         out.extend_from_slice(std::slice::from_raw_parts(s.rows.cast::<u8>(), s.len * size_of::<OrderRow>()));
         out
     }
@@ -230,13 +244,19 @@ fn serialize(mut state: Internal) -> Vec<u8> {
 #[pg_extern(name = "_segment_order_features_deserialize", immutable, parallel_safe, strict)]
 fn deserialize(bytes: &[u8], _state: Internal) -> Internal {
     unsafe {
-        if bytes.len() < size_of::<Params>() || !(bytes.len() - size_of::<Params>()).is_multiple_of(size_of::<OrderRow>()) {
+        if bytes.len() < size_of::<Params>()
+            || !(bytes.len() - size_of::<Params>()).is_multiple_of(size_of::<OrderRow>())
+        {
             error!("pg_segment: corrupt order features state ({} bytes)", bytes.len());
         }
         let params = std::ptr::read_unaligned(bytes.as_ptr().cast::<Params>());
         let n = (bytes.len() - size_of::<Params>()) / size_of::<OrderRow>();
         let s = new_state(pg_sys::CurrentMemoryContext, params, n);
-        std::ptr::copy_nonoverlapping(bytes.as_ptr().add(size_of::<Params>()), (*s).rows.cast::<u8>(), n * size_of::<OrderRow>());
+        std::ptr::copy_nonoverlapping(
+            bytes.as_ptr().add(size_of::<Params>()),
+            (*s).rows.cast::<u8>(),
+            n * size_of::<OrderRow>(),
+        );
         (*s).len = n;
         Internal::from(Some(pg_sys::Datum::from(s)))
     }
@@ -277,6 +297,90 @@ COMMENT ON AGGREGATE _segment_order_features(timestamptz, timestamp, float8, int
 "#,
     name = "order_features_aggregate",
     requires = [order_transition, combine, serialize, deserialize, finalize]
+);
+
+// ---------------------------------------------------------------------------------------------
+// `_segment_order_rows(t, local, amount, slot, category_hash)`: a user's usable orders as the
+// bytes live mode stores (`core::live_state`), sorted; the same transition, combine and
+// serialization as `_segment_order_features`, without its parameters.
+
+#[pg_extern(sql = r#"
+CREATE FUNCTION "_segment_order_rows_sfunc"(
+	"state" internal,
+	"t" timestamp with time zone,
+	"local" timestamp,
+	"amount" double precision,
+	"slot" INT,
+	"category_hash" bigint
+) RETURNS internal
+IMMUTABLE PARALLEL SAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'rows_transition_wrapper';
+"#)]
+fn rows_transition(fcinfo: pg_sys::FunctionCallInfo) -> Internal {
+    unsafe { transition(fcinfo, &ROWS_ARGS) }
+}
+
+/// The sorted rows (empty when none was usable: a group exists, its orders are unusable).
+#[pg_extern(name = "_segment_order_rows_final", immutable, parallel_safe)]
+fn rows_final(mut state: Internal) -> Vec<u8> {
+    unsafe {
+        let Some(s) = state_of(&mut state) else {
+            return Vec::new();
+        };
+        let s = &mut *s;
+        if s.len == 0 {
+            return Vec::new();
+        }
+        let rows = std::slice::from_raw_parts_mut(s.rows, s.len);
+        order_features::sort_rows(rows);
+        live_state::encode_rows(rows)
+    }
+}
+
+/// A user's events as live mode stores them (`core::live_state::Tally`), from what the statement
+/// counted: the events at or before `as_of` by kind, the latest of them, and the later ones
+/// (`pending_t`, `pending_kind`: 1 view, 2 cart, 3 search, else other).
+#[allow(clippy::too_many_arguments)]
+#[pg_extern(name = "_segment_event_tally", immutable, parallel_safe)]
+fn event_tally(
+    as_of: TimestampWithTimeZone,
+    events: i64,
+    views: i64,
+    carts: i64,
+    searches: i64,
+    last: Option<TimestampWithTimeZone>,
+    pending_t: Option<Vec<Option<TimestampWithTimeZone>>>,
+    pending_kind: Option<Vec<Option<i32>>>,
+) -> Vec<u8> {
+    let micros = |t: TimestampWithTimeZone| i64::from(t);
+    let pending = pending_t
+        .unwrap_or_default()
+        .into_iter()
+        .zip(pending_kind.unwrap_or_default())
+        .filter_map(|(t, k)| Some((micros(t?), live_state::Kind::from_code(k.unwrap_or(0)))))
+        .collect();
+    live_state::Tally { as_of: micros(as_of), events, views, carts, searches, last: last.map(micros), pending }.encode()
+}
+
+extension_sql!(
+    r#"
+CREATE AGGREGATE _segment_order_rows(t timestamptz, local timestamp, amount float8, slot int, category_hash int8)
+(
+    SFUNC = _segment_order_rows_sfunc,
+    STYPE = internal,
+    SSPACE = 1024,
+    FINALFUNC = _segment_order_rows_final,
+    COMBINEFUNC = _segment_order_features_combine,
+    SERIALFUNC = _segment_order_features_serialize,
+    DESERIALFUNC = _segment_order_features_deserialize,
+    PARALLEL = SAFE
+);
+COMMENT ON AGGREGATE _segment_order_rows(timestamptz, timestamp, float8, int, int8) IS
+    'pg_segment internal: one user''s usable orders, sorted, as live mode stores them';
+"#,
+    name = "order_rows_aggregate",
+    requires = [rows_transition, combine, serialize, deserialize, rows_final]
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -344,7 +448,9 @@ AS 'MODULE_PATHNAME', 'step_sfunc_wrapper';
 fn step_sfunc(fcinfo: pg_sys::FunctionCallInfo) -> Internal {
     unsafe {
         let mut state: Internal = pg_getarg(fcinfo, 0).unwrap_or_default();
-        let Some(e) = pg_getarg::<pgrx::datum::Array<f32>>(fcinfo, 1) else { return state };
+        let Some(e) = pg_getarg::<pgrx::datum::Array<f32>>(fcinfo, 1) else {
+            return state;
+        };
         let e: Vec<f64> = e.iter().map(|v| v.map_or(f64::NAN, f64::from)).collect();
         let mut step = match Step::from_internal(&mut state) {
             Some(s) => s,
@@ -415,7 +521,9 @@ fn step_combine(mut a: Internal, mut b: Internal, fcinfo: pg_sys::FunctionCallIn
 #[pg_extern(name = "_segment_kmeans_step_serialize", immutable, parallel_safe, strict)]
 fn step_serialize(mut state: Internal) -> Vec<u8> {
     unsafe {
-        let Some(s) = Step::from_internal(&mut state) else { return Vec::new() };
+        let Some(s) = Step::from_internal(&mut state) else {
+            return Vec::new();
+        };
         std::slice::from_raw_parts(s.header.cast::<u8>(), s.bytes()).to_vec()
     }
 }

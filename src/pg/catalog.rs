@@ -75,7 +75,9 @@ pub fn current(model: &str) -> Result<Current> {
                 &args,
             )
             .map_err(from_spi)?;
-        let Some(r) = t.into_iter().next() else { return Err(unknown_model(model)) };
+        let Some(r) = t.into_iter().next() else {
+            return Err(unknown_model(model));
+        };
         Ok(Current {
             version: r.get::<i32>(1).map_err(from_spi)?.unwrap_or(0),
             users_table: r.get::<String>(2).map_err(from_spi)?.unwrap_or_default(),
@@ -134,12 +136,9 @@ pub fn touched_since(model: &str, since: f64) -> Result<Vec<String>> {
 }
 
 pub fn next_version(model: &str) -> Result<i32> {
-    Spi::get_one_with_args(
-        "SELECT coalesce(max(version), 0) + 1 FROM segment.models WHERE model = $1",
-        &[model.into()],
-    )
-    .map_err(from_spi)
-    .map(|v: Option<i32>| v.unwrap_or(1))
+    Spi::get_one_with_args("SELECT coalesce(max(version), 0) + 1 FROM segment.models WHERE model = $1", &[model.into()])
+        .map_err(from_spi)
+        .map(|v: Option<i32>| v.unwrap_or(1))
 }
 
 /// Creates the per-model tables and view, or re-creates them when the key type changed.
@@ -157,6 +156,7 @@ pub fn ensure_users_table(model: &str, key_type: &str) -> Result<bool> {
     let (h, q) = (quote_ident(&history_table(model)), quote_ident(&queue_table(model)));
     let sv = quote_ident(&format!("{model}_sizes_daily"));
     if existing.as_deref() == Some(key_type) {
+        ensure_state_columns(model)?;
         return Ok(true);
     }
     if existing.is_some() {
@@ -177,7 +177,8 @@ pub fn ensure_users_table(model: &str, key_type: &str) -> Result<bool> {
            {rfm}, \
            features float8[] NOT NULL, \
            embedding real[] NOT NULL, \
-           updated_at timestamptz NOT NULL DEFAULT now()) \
+           updated_at timestamptz NOT NULL DEFAULT now(), \
+           {STATE_COLUMNS}) \
          WITH (fillfactor = {USERS_FILLFACTOR}); \
          CREATE INDEX ON segment.{t} (segment_id, cell); \
          COMMENT ON TABLE segment.{t} IS {comment}; \
@@ -224,6 +225,27 @@ pub fn ensure_users_table(model: &str, key_type: &str) -> Result<bool> {
     ))
     .map_err(from_spi)?;
     Ok(false)
+}
+
+/// Live mode's per-user state (`core::live_state`): NULL until sync mode is turned on, and for
+/// users it must rebuild from the sources.
+const STATE_COLUMNS: &str = "live_tag int8, live_orders bytea, live_events bytea";
+
+/// Adds the state columns to a users table made before they existed (an ALTER only when they
+/// are missing: it locks the table).
+pub fn ensure_state_columns(model: &str) -> Result<()> {
+    let t = quote_ident(&users_table(model));
+    let missing: Option<bool> = Spi::get_one(&format!(
+        "SELECT NOT EXISTS (SELECT FROM pg_catalog.pg_attribute WHERE attrelid = 'segment.{t}'::regclass \
+                              AND attname = 'live_events' AND NOT attisdropped)",
+        t = t.replace('\'', "''")
+    ))
+    .map_err(from_spi)?;
+    if missing == Some(true) {
+        let add: Vec<String> = STATE_COLUMNS.split(", ").map(|c| format!("ADD COLUMN IF NOT EXISTS {c}")).collect();
+        Spi::run(&format!("ALTER TABLE segment.{t} {}", add.join(", "))).map_err(from_spi)?;
+    }
+    Ok(())
 }
 
 /// Statistics for the users table a fit has just written, when the caller owns it (others would
@@ -432,8 +454,10 @@ pub fn write_users(
     let t = quote_ident(&users_table(model));
     let h = quote_ident(&history_table(model));
     crate::pg::source::drop_temp_table("pg_temp.segment_previous")?;
-    Spi::run(&format!("CREATE TEMP TABLE segment_previous ON COMMIT DROP AS SELECT user_id, segment_id FROM segment.{t}"))
-        .map_err(from_spi)?;
+    Spi::run(&format!(
+        "CREATE TEMP TABLE segment_previous ON COMMIT DROP AS SELECT user_id, segment_id FROM segment.{t}"
+    ))
+    .map_err(from_spi)?;
     let rfm: Vec<String> = RFM_COLUMNS.iter().map(|c| format!("f.{}", quote_ident(c))).collect();
     let all: Vec<String> = feature_names.iter().map(|c| format!("f.{}", quote_ident(c))).collect();
     Spi::run(&format!("DELETE FROM segment.{t}")).map_err(from_spi)?;

@@ -14,7 +14,9 @@ use serde_json::{json, Value};
 
 use crate::core::error::{ErrorKind, Result, SegError};
 use crate::core::features::{self, quote_ident, quote_literal, AsOf, EventsSql, OrdersSql, TopCategory, RFM_COLUMNS};
+use crate::core::live_state::{self, Tally};
 use crate::core::options::Options;
+use crate::core::order_features::{self, Params};
 use crate::core::pipeline::Model;
 use crate::pg::catalog::{self, history_table, queue_table, users_table};
 use crate::pg::error::{from_spi, OrRaise};
@@ -31,6 +33,7 @@ const INT8: PgOid = PgOid::BuiltIn(sys::BuiltinOid::INT8OID);
 const INT4_ARRAY: PgOid = PgOid::BuiltIn(sys::BuiltinOid::INT4ARRAYOID);
 const FLOAT4_ARRAY: PgOid = PgOid::BuiltIn(sys::BuiltinOid::FLOAT4ARRAYOID);
 const FLOAT8_ARRAY: PgOid = PgOid::BuiltIn(sys::BuiltinOid::FLOAT8ARRAYOID);
+const BYTEA_ARRAY: PgOid = PgOid::BuiltIn(sys::BuiltinOid::BYTEAARRAYOID);
 
 /// A model version as the live path needs it, cached per backend and per model. Relations are
 /// schema-qualified: the triggers run with a pinned search_path.
@@ -49,6 +52,27 @@ pub struct LiveModel {
     pub select_for_users: String,
     /// The same for statements that touch more than [`MANY_USERS`] users.
     pub select_for_many_users: String,
+    /// How this version keeps per-user state for sync INSERTs; None while the installed SQL
+    /// objects or the users table predate it (features are then recomputed from the source).
+    pub state: Option<StateSql>,
+    /// Which `segment_live()` call this was loaded under (the live row's xmin).
+    installed: Option<String>,
+}
+
+/// Live mode's stored per-user state (`core::live_state`) for one model version.
+pub struct StateSql {
+    /// What the stored states must carry to be used (see `live_state::tag`).
+    pub tag: i64,
+    /// Dedupe, category slots and priors; the times are set per statement.
+    pub params: Params,
+    /// State statements for the users in `$1` (text keys), few or many (as `select_for_users`),
+    /// and for every user; each returns `user_id`, `orders`, `events`.
+    pub for_users: String,
+    pub for_many_users: String,
+    pub for_all: String,
+    /// The same from the transition table `new_rows` of an INSERT into the orders (events).
+    pub new_orders: String,
+    pub new_events: Option<String>,
 }
 
 thread_local! {
@@ -67,17 +91,26 @@ fn broken(model: &str, what: &str) -> SegError {
 
 /// The current version of `model`, from the cache when no newer version was committed.
 pub fn load(model: &str) -> Result<Rc<LiveModel>> {
-    let version: Option<i32> = Spi::connect_mut(|c| {
+    // The live row is written anew by every segment_live(): a backend that cached the model
+    // before then (say, before its users table had the state columns) loads it again.
+    let (version, installed) = Spi::connect_mut(|c| {
         let args: [DatumWithOid; 1] = [model.into()];
-        plans::execute(c, "SELECT max(version) FROM segment.models WHERE model = $1", &[TEXT], &args)?
-            .first()
-            .get::<i32>(1)
-            .map_err(from_spi)
+        let t = plans::execute(
+            c,
+            "SELECT max(version), (SELECT l.xmin::text FROM segment.live l WHERE l.model = $1) \
+             FROM segment.models WHERE model = $1",
+            &[TEXT],
+            &args,
+        )?;
+        let r = t.first();
+        Ok::<_, SegError>((r.get::<i32>(1).map_err(from_spi)?, r.get::<String>(2).map_err(from_spi)?))
     })?;
     let Some(version) = version else {
         return catalog::current(model).and_then(|_| Err(broken(model, "no version")));
     };
-    if let Some(hit) = CACHE.with(|c| c.borrow().get(model).filter(|m| m.version == version).cloned()) {
+    if let Some(hit) =
+        CACHE.with(|c| c.borrow().get(model).filter(|m| m.version == version && m.installed == installed).cloned())
+    {
         return Ok(hit);
     }
     let row = Spi::connect(|c| {
@@ -88,7 +121,9 @@ pub fn load(model: &str) -> Result<Rc<LiveModel>> {
                         (SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c \
                          JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = m.source), \
                         (SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c \
-                         JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = m.events) \
+                         JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = m.events), \
+                        EXISTS (SELECT FROM pg_attribute a WHERE a.attrelid = pg_catalog.to_regclass('segment.' || pg_catalog.quote_ident(m.users_table)) \
+                                  AND a.attname = 'live_tag' AND NOT a.attisdropped) \
                  FROM segment.models m WHERE m.model = $1 AND m.version = $2",
                 Some(1),
                 &args,
@@ -101,9 +136,10 @@ pub fn load(model: &str) -> Result<Rc<LiveModel>> {
             r.get::<String>(3).map_err(from_spi)?.unwrap_or_default(),
             r.get::<String>(4).map_err(from_spi)?.unwrap_or_default(),
             r.get::<String>(5).map_err(from_spi)?,
+            r.get::<bool>(6).map_err(from_spi)?.unwrap_or(false),
         ))
     })?;
-    let (key_type, params, spec, source, events_rel) = row;
+    let (key_type, params, spec, source, events_rel, state_columns) = row;
     let fitted: Model = serde_json::from_str(&params).map_err(|e| broken(model, &e.to_string()))?;
     let spec: Value = serde_json::from_str(&spec).map_err(|e| broken(model, &e.to_string()))?;
     let options: Options =
@@ -157,6 +193,7 @@ pub fn load(model: &str) -> Result<Rc<LiveModel>> {
     };
     let select_for_users = select(format!("= ANY($1::text[]::{key_type}[])"));
     let select_for_many_users = select(format!("IN (SELECT k::{key_type} FROM unnest($1::text[]) k)"));
+    let state = if state_columns { state_sql(&orders, events.as_ref(), &feats, &options, &key_type)? } else { None };
     let live = Rc::new(LiveModel {
         model: model.to_string(),
         version,
@@ -169,9 +206,57 @@ pub fn load(model: &str) -> Result<Rc<LiveModel>> {
         timezone: options.timezone.clone(),
         select_for_users,
         select_for_many_users,
+        state,
+        installed,
     });
     CACHE.with(|c| c.borrow_mut().insert(model.to_string(), live.clone()));
     Ok(live)
+}
+
+/// The state statements of a model version, when the installed SQL objects have them (not
+/// before `ALTER EXTENSION pg_segment UPDATE` from 0.1.0).
+fn state_sql(
+    orders: &OrdersSql,
+    events: Option<&EventsSql>,
+    feats: &[features::FeatureDef],
+    options: &Options,
+    key_type: &str,
+) -> Result<Option<StateSql>> {
+    let ext = crate::pg::source::extension_schema()?;
+    let (rows_agg, tally_fn) = (format!("{ext}._segment_order_rows"), format!("{ext}._segment_event_tally"));
+    let installed: Option<bool> = Spi::get_one(&format!(
+        "SELECT pg_catalog.to_regprocedure({}) IS NOT NULL",
+        quote_literal(&format!("{rows_agg}(timestamptz, timestamp, float8, int, int8)"))
+    ))
+    .map_err(from_spi)?;
+    if installed != Some(true) {
+        return Ok(None);
+    }
+    let shares: Vec<f64> = feats.iter().filter_map(|f| f.category.as_ref()).map(|(_, share)| *share).collect();
+    let mut priors = [0.0; order_features::MAX_CATEGORY_SLOTS];
+    for (p, share) in priors.iter_mut().zip(&shares) {
+        *p = *share;
+    }
+    let by_key = |sql: String| format!("SELECT user_id::text, orders, events FROM ({sql}) s");
+    let state = |only: Option<String>| {
+        features::state_select(orders, events, feats, &options.timezone, &rows_agg, &tally_fn, only.as_deref())
+    };
+    Ok(Some(StateSql {
+        tag: live_state::tag(&options.timezone, &features::slot_names(feats), events.is_some()),
+        params: Params {
+            as_of: 0,
+            cut30: 0,
+            cut90: 0,
+            dedupe: options.dedupe as u64,
+            slots: shares.len() as u64,
+            priors,
+        },
+        for_users: by_key(state(Some(format!("= ANY($1::text[]::{key_type}[])")))),
+        for_many_users: by_key(state(Some(format!("IN (SELECT k::{key_type} FROM unnest($1::text[]) k)")))),
+        for_all: state(None),
+        new_orders: features::order_rows_select(orders, feats, &options.timezone, &rows_agg, "new_rows", None),
+        new_events: events.map(|e| features::event_tally_select(e, &tally_fn, "new_rows", None)),
+    }))
 }
 
 /// One membership change, for history and NOTIFY.
@@ -200,7 +285,22 @@ fn apply_to(model: &str, keys: &[String], reason: &str) -> Result<usize> {
     lock_users(model, keys)?;
     gucs::apply_max_threads();
     let live = load(model)?;
+    let changes = match &live.state {
+        Some(st) => {
+            let p = params_now(st)?;
+            let mut from_source = states_from_source(&live, st, keys)?;
+            let states = keys.iter().map(|k| (k.clone(), from_source.remove(k))).collect();
+            write_states(&live, st, &p, states, reason)?
+        }
+        None => recompute(&live, keys, reason)?,
+    };
+    notify(model, live.version, reason, &changes)?;
+    Ok(changes.len())
+}
 
+/// Without stored state (SQL objects or users table from 0.1.0): the touched users' features
+/// from the source, with the batch statement restricted to them.
+fn recompute(live: &LiveModel, keys: &[String], reason: &str) -> Result<Vec<Change>> {
     // Features from the source, for exactly these users (a fresh snapshot after the locks).
     let n_feats = live.fitted.features.len();
     let (found, columns) = Spi::connect_mut(|c| {
@@ -216,12 +316,200 @@ fn apply_to(model: &str, keys: &[String], reason: &str) -> Result<usize> {
         }
         Ok::<_, SegError>((found, columns))
     })?;
-    let mut changes = upsert(&live, &found, &columns, reason)?;
+    let mut changes = upsert(live, &found, &columns, reason, None)?;
     let found_set: HashSet<&String> = found.iter().collect();
     let gone: Vec<String> = keys.iter().filter(|k| !found_set.contains(k)).cloned().collect();
-    changes.extend(remove(&live, &gone, reason)?);
-    notify(model, live.version, reason, &changes)?;
+    changes.extend(remove(live, &gone, reason)?);
+    Ok(changes)
+}
+
+/// A user's live state: their usable orders (sorted) and, with an events source, their tally.
+type UserState = (Vec<order_features::OrderRow>, Option<Tally>);
+
+/// The statement's reference time (`now()`) and window starts, as PostgreSQL computes them, in
+/// the parameters of `st`.
+fn params_now(st: &StateSql) -> Result<Params> {
+    let micros = |t: Option<pgrx::datum::TimestampWithTimeZone>| t.map_or(0, i64::from);
+    Spi::connect_mut(|c| {
+        let t = plans::execute(c, "SELECT now(), now() - interval '30 days', now() - interval '90 days'", &[], &[])?;
+        let r = t.first();
+        Ok(Params {
+            as_of: micros(r.get(1).map_err(from_spi)?),
+            cut30: micros(r.get(2).map_err(from_spi)?),
+            cut90: micros(r.get(3).map_err(from_spi)?),
+            ..st.params
+        })
+    })
+}
+
+/// Decodes a state's two halves; None when either is not a state (then it is rebuilt).
+fn decode_state(orders: Option<&[u8]>, events: Option<&[u8]>) -> Option<UserState> {
+    let rows = live_state::decode_rows(orders.unwrap_or_default())?;
+    let tally = match events {
+        Some(e) => Some(Tally::decode(e)?),
+        None => None,
+    };
+    Some((rows, tally))
+}
+
+/// The states of `keys` (the users that have usable rows) from the sources.
+fn states_from_source(live: &LiveModel, st: &StateSql, keys: &[String]) -> Result<HashMap<String, UserState>> {
+    if keys.is_empty() {
+        return Ok(HashMap::new());
+    }
+    Spi::connect_mut(|c| {
+        let args: [DatumWithOid; 1] = [keys.to_vec().into()];
+        let sql = if keys.len() > MANY_USERS { &st.for_many_users } else { &st.for_users };
+        let mut out = HashMap::with_capacity(keys.len());
+        for row in plans::execute(c, sql, &[TEXT_ARRAY], &args)? {
+            let key = row.get::<String>(1).map_err(from_spi)?.unwrap_or_default();
+            let orders = row.get::<&[u8]>(2).map_err(from_spi)?;
+            let events = row.get::<&[u8]>(3).map_err(from_spi)?;
+            let state = decode_state(orders, events)
+                .ok_or_else(|| broken(&live.model, "the state aggregate returned something that is not a state"))?;
+            out.insert(key, state);
+        }
+        Ok(out)
+    })
+}
+
+/// Features, embedding and segment of each user from their state (None: no usable rows left),
+/// written with the states.
+fn write_states(
+    live: &LiveModel,
+    st: &StateSql,
+    p: &Params,
+    states: Vec<(String, Option<UserState>)>,
+    reason: &str,
+) -> Result<Vec<Change>> {
+    let n_feats = live.fitted.features.len();
+    let with_events = live.events.is_some();
+    let (mut found, mut gone) = (Vec::new(), Vec::new());
+    let mut columns = vec![Vec::with_capacity(states.len()); n_feats];
+    let (mut orders, mut events) = (Vec::new(), Vec::new());
+    for (key, state) in states {
+        let computed = state.as_ref().and_then(|(rows, tally)| {
+            // a tally is always taken to the statement's time before it gets here
+            let tally = tally.as_ref().and_then(|t| t.at(p.as_of));
+            live_state::features(rows, tally.as_ref(), with_events, p).map(|f| (f, tally))
+        });
+        match (computed, state) {
+            (Some((f, tally)), Some((rows, _))) if f.len() == n_feats => {
+                for (col, v) in columns.iter_mut().zip(f) {
+                    col.push(v);
+                }
+                orders.push(Some(live_state::encode_rows(&rows)));
+                events.push(tally.map(|t| t.encode()));
+                found.push(key);
+            }
+            (Some(_), _) => return Err(broken(&live.model, "its feature count does not match its stored state")),
+            _ => gone.push(key),
+        }
+    }
+    let mut changes = upsert(live, &found, &columns, reason, Some((st.tag, orders, events)))?;
+    changes.extend(remove(live, &gone, reason)?);
+    Ok(changes)
+}
+
+/// The sync INSERT path: each touched user's stored state plus what the statement inserted
+/// (`orders`, `events`: their parts per key, as `StateSql::new_orders`/`new_events` make them),
+/// without reading their history. Users without a usable stored state (new, written under
+/// another model version, or tallied at a later time than this statement's) are rebuilt from
+/// the sources, which already hold the new rows.
+pub fn insert(model: &str, keys: &[String], orders: &[Option<Vec<u8>>], events: &[Option<Vec<u8>>]) -> Result<usize> {
+    if keys.is_empty() {
+        return Ok(0);
+    }
+    if keys.len() > MANY_USERS {
+        return crate::pg::source::with_bulk_settings(|| insert_to(model, keys, orders, events));
+    }
+    insert_to(model, keys, orders, events)
+}
+
+fn insert_to(model: &str, keys: &[String], orders: &[Option<Vec<u8>>], events: &[Option<Vec<u8>>]) -> Result<usize> {
+    lock_users(model, keys)?;
+    gucs::apply_max_threads();
+    let live = load(model)?;
+    let Some(st) = &live.state else {
+        let changes = recompute(&live, keys, "order")?;
+        notify(model, live.version, "order", &changes)?;
+        return Ok(changes.len());
+    };
+    let p = params_now(st)?;
+    let stored = Spi::connect_mut(|c| {
+        let sql = format!(
+            "SELECT user_id::text, live_orders, live_events FROM segment.{t} \
+             WHERE live_tag = $2 AND user_id {only}",
+            t = quote_ident(&users_table(model)),
+            only = if keys.len() > MANY_USERS {
+                format!("IN (SELECT k::{} FROM unnest($1::text[]) k)", live.key_type)
+            } else {
+                format!("= ANY($1::text[]::{}[])", live.key_type)
+            }
+        );
+        let args: [DatumWithOid; 2] = [keys.to_vec().into(), st.tag.into()];
+        let mut out = HashMap::with_capacity(keys.len());
+        for row in plans::execute(c, &sql, &[TEXT_ARRAY, INT8], &args)? {
+            let key = row.get::<String>(1).map_err(from_spi)?.unwrap_or_default();
+            if let Some(state) =
+                decode_state(row.get::<&[u8]>(2).map_err(from_spi)?, row.get::<&[u8]>(3).map_err(from_spi)?)
+            {
+                out.insert(key, state);
+            }
+        }
+        Ok::<_, SegError>(out)
+    })?;
+    let mut stored = stored;
+    let mut states = Vec::with_capacity(keys.len());
+    let mut rebuild = Vec::new();
+    for (i, key) in keys.iter().enumerate() {
+        fn part(v: &[Option<Vec<u8>>], i: usize) -> Option<&[u8]> {
+            v.get(i).and_then(|b| b.as_deref())
+        }
+        let merged = stored.remove(key).and_then(|(rows, tally)| {
+            let new_rows = live_state::decode_rows(part(orders, i).unwrap_or_default())?;
+            let new_tally = part(events, i).map(Tally::decode);
+            let tally = match (tally, new_tally) {
+                (None, None) => None,
+                (Some(t), None) => Some(t.at(p.as_of)?),
+                (None, Some(n)) => Some(n?.at(p.as_of)?),
+                (Some(t), Some(n)) => Some(t.merge(&n?).at(p.as_of)?),
+            };
+            Some((live_state::merge_rows(rows, &new_rows), tally))
+        });
+        match merged {
+            Some(state) => states.push((key.clone(), Some(state))),
+            None => rebuild.push(key.clone()),
+        }
+    }
+    let mut from_source = states_from_source(&live, st, &rebuild)?;
+    states.extend(rebuild.into_iter().map(|k| {
+        let state = from_source.remove(&k);
+        (k, state)
+    }));
+    let changes = write_states(&live, st, &p, states, "order")?;
+    notify(model, live.version, "order", &changes)?;
     Ok(changes.len())
+}
+
+/// Writes every user's live state from the sources (turning sync mode on): users the sources no
+/// longer know lose theirs, so nothing written before live mode was off can be built upon.
+fn build_all_states(live: &LiveModel) -> Result<()> {
+    let Some(st) = &live.state else { return Ok(()) };
+    let t = quote_ident(&users_table(&live.model));
+    crate::pg::source::with_bulk_settings(|| {
+        Spi::run_with_args(
+            &format!(
+                "UPDATE segment.{t} u SET live_tag = CASE WHEN s.user_id IS NULL THEN NULL ELSE $1 END, \
+                   live_orders = s.orders, live_events = s.events \
+                 FROM segment.{t} u0 LEFT JOIN ({all}) s ON s.user_id = u0.user_id \
+                 WHERE u.user_id = u0.user_id AND (s.user_id IS NOT NULL OR u0.live_tag IS NOT NULL)",
+                all = st.for_all
+            ),
+            &[st.tag.into()],
+        )
+        .map_err(from_spi)
+    })
 }
 
 /// Above this many touched users a statement uses the semi-join form of the features query.
@@ -253,8 +541,19 @@ fn lock_users(model: &str, keys: &[String]) -> Result<()> {
     })
 }
 
-/// Writes features, embedding and segment of the `found` users, and their history.
-fn upsert(live: &LiveModel, found: &[String], columns: &[Vec<Option<f64>>], reason: &str) -> Result<Vec<Change>> {
+/// Stored live states to write with the users (see `write_states`): their tag, then each user's
+/// orders and events halves.
+type States = (i64, Vec<Option<Vec<u8>>>, Vec<Option<Vec<u8>>>);
+
+/// Writes features, embedding and segment of the `found` users (and their live states when
+/// given), and their history.
+fn upsert(
+    live: &LiveModel,
+    found: &[String],
+    columns: &[Vec<Option<f64>>],
+    reason: &str,
+    states: Option<States>,
+) -> Result<Vec<Change>> {
     if found.is_empty() {
         return Ok(Vec::new());
     }
@@ -271,23 +570,33 @@ fn upsert(live: &LiveModel, found: &[String], columns: &[Vec<Option<f64>>], reas
     let distance: Vec<Option<f64>> = assigned.iter().map(|a| a.map(|(_, d)| d)).collect();
     let flat_embedding: Vec<f32> = embedding.iter().map(|&v| v as f32).collect();
     let dims = embedding.ncols() as i64;
-    let rfm: Vec<String> =
-        (1..=RFM_COLUMNS.len()).map(|j| format!("nullif($5[(i - 1) * $6 + {j}], 'NaN')")).collect();
+    let rfm: Vec<String> = (1..=RFM_COLUMNS.len()).map(|j| format!("nullif($5[(i - 1) * $6 + {j}], 'NaN')")).collect();
+    // the states go through unnest with the keys: a subscript of a bytea[] walks it from its start
+    let (state_input, state_names, state_values, state_set) = if states.is_some() {
+        (
+            ", $11::bytea[], $12::bytea[]",
+            ", live_tag, live_orders, live_events",
+            ", $13, so, se",
+            ", live_tag = EXCLUDED.live_tag, live_orders = EXCLUDED.live_orders, live_events = EXCLUDED.live_events",
+        )
+    } else {
+        ("", "", "", "")
+    };
     let sql = format!(
         "WITH input AS ( \
-           SELECT k::{kt} AS user_id, s AS segment_id, d AS distance, i \
-           FROM unnest($1::text[], $2::int[], $3::float8[]) WITH ORDINALITY AS x(k, s, d, i)), \
+           SELECT k::{kt} AS user_id, s AS segment_id, d AS distance, i{so} \
+           FROM unnest($1::text[], $2::int[], $3::float8[]{state_input}) WITH ORDINALITY AS x(k, s, d{so}, i)), \
          old AS (SELECT u.user_id, u.segment_id FROM segment.{t} u JOIN input USING (user_id)), \
          up AS ( \
            INSERT INTO segment.{t} AS u (user_id, segment_id, distance, cell, model_version, {rfm_names}, \
-                                         features, embedding, updated_at) \
+                                         features, embedding, updated_at{state_names}) \
            SELECT user_id, segment_id, distance, nullif($10[i], -1), $4, {rfm}, \
                   pg_catalog.array_replace($5[(i - 1) * $6 + 1 : i * $6], 'NaN'::float8, NULL), \
-                  $7[(i - 1) * $8 + 1 : i * $8], clock_timestamp() \
+                  $7[(i - 1) * $8 + 1 : i * $8], clock_timestamp(){state_values} \
            FROM input \
            ON CONFLICT (user_id) DO UPDATE SET segment_id = EXCLUDED.segment_id, distance = EXCLUDED.distance, cell = EXCLUDED.cell, \
              model_version = EXCLUDED.model_version, {rfm_set}, features = EXCLUDED.features, \
-             embedding = EXCLUDED.embedding, updated_at = EXCLUDED.updated_at \
+             embedding = EXCLUDED.embedding, updated_at = EXCLUDED.updated_at{state_set} \
            RETURNING u.user_id, u.segment_id), \
          changed AS ( \
            INSERT INTO segment.{h} (user_id, from_segment, to_segment, model_version, reason, changed_at) \
@@ -302,9 +611,10 @@ fn upsert(live: &LiveModel, found: &[String], columns: &[Vec<Option<f64>>], reas
         rfm_names = RFM_COLUMNS.join(", "),
         rfm = rfm.join(", "),
         rfm_set = RFM_COLUMNS.iter().map(|c| format!("{c} = EXCLUDED.{c}")).collect::<Vec<_>>().join(", "),
+        so = if states.is_some() { ", so, se" } else { "" },
     );
     Spi::connect_mut(|c| {
-        let args: [DatumWithOid; 10] = [
+        let mut args: Vec<DatumWithOid> = vec![
             found.to_vec().into(),
             segment.into(),
             distance.into(),
@@ -317,7 +627,12 @@ fn upsert(live: &LiveModel, found: &[String], columns: &[Vec<Option<f64>>], reas
             // no NULLs in a subscripted array (see flat_features)
             placed.cells.iter().map(|c| c.unwrap_or(-1)).collect::<Vec<i32>>().into(),
         ];
-        let types = [TEXT_ARRAY, INT4_ARRAY, FLOAT8_ARRAY, INT4, FLOAT8_ARRAY, INT8, FLOAT4_ARRAY, INT8, TEXT, INT4_ARRAY];
+        let mut types =
+            vec![TEXT_ARRAY, INT4_ARRAY, FLOAT8_ARRAY, INT4, FLOAT8_ARRAY, INT8, FLOAT4_ARRAY, INT8, TEXT, INT4_ARRAY];
+        if let Some((tag, orders, events)) = states {
+            args.extend([orders.into(), events.into(), tag.into()]);
+            types.extend([BYTEA_ARRAY, BYTEA_ARRAY, INT8]);
+        }
         collect_changes(plans::execute(c, &sql, &types, &args)?)
     })
 }
@@ -383,14 +698,19 @@ const NOTIFY_PAYLOAD_MAX: usize = 7_500;
 /// Sends the changes on the `pg_segment.notify_channel` channel as JSON, as few payloads as
 /// fit: `{"model", "version", "reason", "changes": [{"user", "from", "to"}, ...]}`.
 fn notify(model: &str, version: i32, reason: &str, changes: &[Change]) -> Result<()> {
-    let Some(channel) = gucs::notify_channel() else { return Ok(()) };
+    let Some(channel) = gucs::notify_channel() else {
+        return Ok(());
+    };
     if changes.is_empty() {
         return Ok(());
     }
     if changes.len() > NOTIFY_DETAIL_MAX {
         let summary = json!({"model": model, "version": version, "reason": reason, "changed": changes.len()});
-        return Spi::run_with_args("SELECT pg_catalog.pg_notify($1, $2)", &[channel.into(), summary.to_string().into()])
-            .map_err(from_spi);
+        return Spi::run_with_args(
+            "SELECT pg_catalog.pg_notify($1, $2)",
+            &[channel.into(), summary.to_string().into()],
+        )
+        .map_err(from_spi);
     }
     let head = json!({"model": model, "version": version, "reason": reason}).to_string();
     let mut payloads = Vec::new();
@@ -406,12 +726,13 @@ fn notify(model: &str, version: i32, reason: &str, changes: &[Change]) -> Result
         batch.push(item);
     }
     payloads.push(batch);
-    let texts: Vec<String> = payloads
-        .into_iter()
-        .map(|b| format!("{},\"changes\":[{}]}}", &head[..head.len() - 1], b.join(",")))
-        .collect();
-    Spi::run_with_args("SELECT count(pg_catalog.pg_notify($1, p)) FROM unnest($2::text[]) p", &[channel.into(), texts.into()])
-        .map_err(from_spi)
+    let texts: Vec<String> =
+        payloads.into_iter().map(|b| format!("{},\"changes\":[{}]}}", &head[..head.len() - 1], b.join(","))).collect();
+    Spi::run_with_args(
+        "SELECT count(pg_catalog.pg_notify($1, p)) FROM unnest($2::text[]) p",
+        &[channel.into(), texts.into()],
+    )
+    .map_err(from_spi)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -462,17 +783,19 @@ fn drop_triggers(model: &str) -> Result<()> {
         let t = c
             .select("SELECT source::text, events::text FROM segment.live WHERE model = $1", Some(1), &args)
             .map_err(from_spi)?;
-        Ok::<_, SegError>(t.into_iter().next().map(|r| (r.get::<String>(1).ok().flatten(), r.get::<String>(2).ok().flatten())))
+        Ok::<_, SegError>(
+            t.into_iter().next().map(|r| (r.get::<String>(1).ok().flatten(), r.get::<String>(2).ok().flatten())),
+        )
     })?;
-    let Some((source, events)) = installed else { return Ok(()) };
+    let Some((source, events)) = installed else {
+        return Ok(());
+    };
     for (role, rel) in [("orders", source), ("events", events)] {
         let Some(rel) = rel else { continue };
         for event in ["ins", "upd", "del", "trunc"] {
             let name = quote_ident(&object_name(model, role, event));
-            Spi::run(&format!(
-                "DROP TRIGGER IF EXISTS {name} ON {rel}; DROP FUNCTION IF EXISTS segment.{name}()"
-            ))
-            .map_err(from_spi)?;
+            Spi::run(&format!("DROP TRIGGER IF EXISTS {name} ON {rel}; DROP FUNCTION IF EXISTS segment.{name}()"))
+                .map_err(from_spi)?;
         }
     }
     Spi::run_with_args("DELETE FROM segment.live WHERE model = $1", &[model.into()]).map_err(from_spi)
@@ -481,6 +804,9 @@ fn drop_triggers(model: &str) -> Result<()> {
 /// Installs (or removes, for `off`) the live triggers of `model`'s current version.
 pub fn install(model: &str, mode: Mode) -> Result<()> {
     catalog::check_model_name(model)?;
+    catalog::current(model)?;
+    catalog::ensure_state_columns(model)?;
+    CACHE.with(|c| c.borrow_mut().remove(model));
     let live = load(model)?;
     catalog::lock_model(model)?;
     drop_triggers(model)?;
@@ -494,9 +820,12 @@ pub fn install(model: &str, mode: Mode) -> Result<()> {
         let installed: Option<bool> =
             Spi::get_one(&format!("SELECT pg_catalog.to_regprocedure({enqueue}) IS NOT NULL")).map_err(from_spi)?;
         if installed != Some(true) {
-            return Err(SegError::new(ErrorKind::UndefinedObject, "async live mode needs the function _segment_enqueue(), which this installation lacks")
-                .detail("the extension's library is newer than its SQL objects")
-                .hint("ALTER EXTENSION pg_segment UPDATE"));
+            return Err(SegError::new(
+                ErrorKind::UndefinedObject,
+                "async live mode needs the function _segment_enqueue(), which this installation lacks",
+            )
+            .detail("the extension's library is newer than its SQL objects")
+            .hint("ALTER EXTENSION pg_segment UPDATE"));
         }
     }
     drop_queue_key(model)?;
@@ -527,10 +856,31 @@ pub fn install(model: &str, mode: Mode) -> Result<()> {
                 .map_err(from_spi)?;
                 continue;
             }
+            // sync INSERTs with stored state: the new rows per user, merged into their state
+            let new_parts = match (&live.state, event, *role) {
+                (Some(st), "ins", "orders") => {
+                    Some(format!("SELECT user_id::text, orders, NULL::bytea FROM ({}) p", st.new_orders))
+                }
+                (Some(st), "ins", _) => {
+                    st.new_events.as_ref().map(|e| format!("SELECT user_id::text, NULL::bytea, events FROM ({e}) p"))
+                }
+                _ => None,
+            };
+            let call = match new_parts {
+                Some(parts) => format!(
+                    "PERFORM {ext_schema}._segment_live_insert({m}, ks, os, es) \
+                     FROM (SELECT array_agg(k), array_agg(o), array_agg(e) FROM ({parts}) p(k, o, e)) x(ks, os, es) \
+                     WHERE ks IS NOT NULL",
+                    m = quote_literal(model)
+                ),
+                None => {
+                    format!("PERFORM {ext_schema}._segment_live_apply({}, ARRAY({keys})::text[])", quote_literal(model))
+                }
+            };
             let body = match mode {
                 Mode::Async => format!("{}; RETURN NULL;", queue::append(&queue, &keys)),
                 _ => format!(
-                    "PERFORM {ext_schema}._segment_live_apply({m}, ARRAY({keys})::text[]); \
+                    "{call}; \
                      RETURN NULL; \
                    EXCEPTION WHEN OTHERS THEN \
                      {enqueue}; \
@@ -541,7 +891,14 @@ pub fn install(model: &str, mode: Mode) -> Result<()> {
                     enqueue = queue::append(&queue, &keys)
                 ),
             };
-            write_trigger(model, role, event, rel, &format!("AFTER {op} ON {rel} {referencing} FOR EACH STATEMENT"), &body)?;
+            write_trigger(
+                model,
+                role,
+                event,
+                rel,
+                &format!("AFTER {op} ON {rel} {referencing} FOR EACH STATEMENT"),
+                &body,
+            )?;
         }
         // TRUNCATE has no transition table: re-derive every user of the model.
         let body = match mode {
@@ -552,6 +909,9 @@ pub fn install(model: &str, mode: Mode) -> Result<()> {
             _ => format!("PERFORM {ext_schema}._segment_live_truncate({}); RETURN NULL;", quote_literal(model)),
         };
         write_trigger(model, role, "trunc", rel, &format!("AFTER TRUNCATE ON {rel} FOR EACH STATEMENT"), &body)?;
+    }
+    if mode == Mode::Sync {
+        build_all_states(&live)?;
     }
     Spi::run_with_args(
         "INSERT INTO segment.live (model, mode, source, events) VALUES ($1, $2, $3::regclass, $4::regclass)",
@@ -569,7 +929,8 @@ pub fn install(model: &str, mode: Mode) -> Result<()> {
 /// re-created its tables (the user key's type changed), the triggers must follow.
 pub fn reinstall(model: &str) -> Result<()> {
     let mode: Option<String> =
-        Spi::get_one_with_args("SELECT (SELECT mode FROM segment.live WHERE model = $1)", &[model.into()]).map_err(from_spi)?;
+        Spi::get_one_with_args("SELECT (SELECT mode FROM segment.live WHERE model = $1)", &[model.into()])
+            .map_err(from_spi)?;
     match mode {
         Some(mode) => install(model, Mode::parse(&mode)?),
         None => Ok(()),
@@ -639,9 +1000,7 @@ pub fn process(model: &str, max_users: i32) -> Result<i32> {
     let queue = quote_ident(&queue_table(model));
     let keys: Vec<String> = Spi::connect_mut(|c| {
         let args: [DatumWithOid; 1] = [max_users.into()];
-        let t = c
-            .update(&queue::claim(&queue), None, &args)
-            .map_err(from_spi)?;
+        let t = c.update(&queue::claim(&queue), None, &args).map_err(from_spi)?;
         let mut keys = Vec::new();
         for r in t {
             keys.push(r.get::<String>(1).map_err(from_spi)?.unwrap_or_default());
@@ -722,7 +1081,10 @@ fn refresh_all(model: &str, refit: Option<bool>) -> Result<Vec<SegmentRow>> {
     apply(model, &touched, "order")?;
     let changed: i64 = moved.iter().map(|(_, n)| n).sum();
     let drift = changed as f64 / users.max(1) as f64;
-    notice!("pg_segment: refreshed {users} users of model \"{model}\": {changed} changed segment ({:.1}%)", drift * 100.0);
+    notice!(
+        "pg_segment: refreshed {users} users of model \"{model}\": {changed} changed segment ({:.1}%)",
+        drift * 100.0
+    );
     if refit.is_none() && drift > gucs::REFIT_DRIFT.get() {
         notice!("pg_segment: more than pg_segment.refit_drift changed segment: re-fitting");
         return refit_model(model);
@@ -744,7 +1106,8 @@ fn refit_model(model: &str) -> Result<Vec<SegmentRow>> {
         ))
     })?;
     let spec: Value = serde_json::from_str(&spec).map_err(|e| broken(model, &e.to_string()))?;
-    let mut opts: Options = serde_json::from_value(spec["options"].clone()).map_err(|e| broken(model, &e.to_string()))?;
+    let mut opts: Options =
+        serde_json::from_value(spec["options"].clone()).map_err(|e| broken(model, &e.to_string()))?;
     opts.as_of = None;
     opts.live = None;
     let a = &spec["arguments"];
@@ -824,6 +1187,26 @@ fn live_apply(model: &str, keys: Vec<Option<String>>) {
     apply(model, &keys, "order").or_raise();
 }
 
+/// Called by the sync INSERT triggers with the touched users' keys and the new rows' parts of
+/// their state (`orders`, `events`; see `StateSql::new_orders`).
+#[pg_extern(name = "_segment_live_insert", volatile, parallel_unsafe)]
+fn live_insert(
+    model: &str,
+    keys: Vec<Option<String>>,
+    orders: pgrx::datum::Array<&[u8]>,
+    events: pgrx::datum::Array<&[u8]>,
+) {
+    let keys: Vec<String> = keys.into_iter().map(Option::unwrap_or_default).collect();
+    let owned = |a: pgrx::datum::Array<&[u8]>| a.iter().map(|b| b.map(<[u8]>::to_vec)).collect::<Vec<_>>();
+    insert(model, &keys, &owned(orders), &owned(events)).or_raise();
+}
+
+extension_sql!(
+    "REVOKE ALL ON FUNCTION _segment_live_insert(text, text[], bytea[], bytea[]) FROM PUBLIC;",
+    name = "live_insert_revoke",
+    requires = [live_insert]
+);
+
 /// Called by the sync TRUNCATE triggers: every user is re-derived from what is left.
 #[pg_extern(name = "_segment_live_truncate", volatile, parallel_unsafe)]
 fn live_truncate(model: &str) {
@@ -835,7 +1218,9 @@ fn live_truncate(model: &str) {
 /// centroid to the mean of the users nearest to it now (one k-means step over the users table,
 /// run as the parallel `_segment_kmeans_step` aggregate), with those users' count.
 #[pg_extern(name = "_segment_centroid_shift", stable, parallel_safe)]
-fn centroid_shift(model: &str) -> TableIterator<'static, (name!(segment_id, i32), name!(users, i64), name!(shift, Option<f64>))> {
+fn centroid_shift(
+    model: &str,
+) -> TableIterator<'static, (name!(segment_id, i32), name!(users, i64), name!(shift, Option<f64>))> {
     TableIterator::new(centroid_shift_rows(model).or_raise())
 }
 
@@ -858,11 +1243,12 @@ fn centroid_shift_rows(model: &str) -> Result<Vec<(i32, i64, Option<f64>)>> {
     Ok((0..k)
         .map(|i| {
             let id = live.fitted.segment_id(i);
-            let Some(block) = acc.get(i * (d + 1)..(i + 1) * (d + 1)) else { return (id, 0, None) };
+            let Some(block) = acc.get(i * (d + 1)..(i + 1) * (d + 1)) else {
+                return (id, 0, None);
+            };
             let n = block[0];
-            let shift = (n > 0.0).then(|| {
-                block[1..].iter().zip(c.row(i)).map(|(s, c)| (s / n - c).powi(2)).sum::<f64>().sqrt()
-            });
+            let shift = (n > 0.0)
+                .then(|| block[1..].iter().zip(c.row(i)).map(|(s, c)| (s / n - c).powi(2)).sum::<f64>().sqrt());
             (id, n as i64, shift)
         })
         .collect())
