@@ -102,9 +102,6 @@ pub fn lock_model(model: &str) -> Result<()> {
 /// updates).
 pub const USERS_FILLFACTOR: u32 = 90;
 
-/// The shared side of [`lock_model`], taken by every live writer of the model ($1).
-pub const LOCK_MODEL_SHARED: &str =
-    "SELECT pg_catalog.pg_advisory_xact_lock_shared(pg_catalog.hashtext('pg_segment.model:' || $1))";
 
 /// Waits for the live writers in flight to commit (an exclusive lock taken and released in one
 /// statement, so nothing is held while the fit runs) and returns the time after which any live

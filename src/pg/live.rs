@@ -91,19 +91,36 @@ fn broken(model: &str, what: &str) -> SegError {
 
 /// The current version of `model`, from the cache when no newer version was committed.
 pub fn load(model: &str) -> Result<Rc<LiveModel>> {
+    load_with_times(model).map(|(live, _)| live)
+}
+
+/// `now()` and the starts of the 30- and 90-day windows before it, as PostgreSQL computes them
+/// (in the session's time zone), in microseconds.
+type Times = [i64; 3];
+
+/// [`load`], with the statement's [`Times`] from the same query.
+fn load_with_times(model: &str) -> Result<(Rc<LiveModel>, Times)> {
     // The live row is written anew by every segment_live(): a backend that cached the model
     // before then (say, before its users table had the state columns) loads it again.
-    let (version, installed) = Spi::connect_mut(|c| {
+    let (version, installed, times) = Spi::connect_mut(|c| {
         let args: [DatumWithOid; 1] = [model.into()];
         let t = plans::execute(
             c,
-            "SELECT max(version), (SELECT l.xmin::text FROM segment.live l WHERE l.model = $1) \
+            "SELECT max(version), (SELECT l.xmin::text FROM segment.live l WHERE l.model = $1), \
+                    now(), now() - interval '30 days', now() - interval '90 days' \
              FROM segment.models WHERE model = $1",
             &[TEXT],
             &args,
         )?;
         let r = t.first();
-        Ok::<_, SegError>((r.get::<i32>(1).map_err(from_spi)?, r.get::<String>(2).map_err(from_spi)?))
+        let micros = |n: usize| {
+            r.get::<pgrx::datum::TimestampWithTimeZone>(n).map(|t| t.map_or(0, i64::from)).map_err(from_spi)
+        };
+        Ok::<_, SegError>((
+            r.get::<i32>(1).map_err(from_spi)?,
+            r.get::<String>(2).map_err(from_spi)?,
+            [micros(3)?, micros(4)?, micros(5)?],
+        ))
     })?;
     let Some(version) = version else {
         return catalog::current(model).and_then(|_| Err(broken(model, "no version")));
@@ -111,7 +128,7 @@ pub fn load(model: &str) -> Result<Rc<LiveModel>> {
     if let Some(hit) =
         CACHE.with(|c| c.borrow().get(model).filter(|m| m.version == version && m.installed == installed).cloned())
     {
-        return Ok(hit);
+        return Ok((hit, times));
     }
     let row = Spi::connect(|c| {
         let args: [DatumWithOid; 2] = [model.into(), version.into()];
@@ -210,7 +227,7 @@ pub fn load(model: &str) -> Result<Rc<LiveModel>> {
         installed,
     });
     CACHE.with(|c| c.borrow_mut().insert(model.to_string(), live.clone()));
-    Ok(live)
+    Ok((live, times))
 }
 
 /// The state statements of a model version, when the installed SQL objects have them (not
@@ -284,13 +301,14 @@ fn apply_to(model: &str, keys: &[String], reason: &str) -> Result<usize> {
     // Locks first: a re-fit that commits while we wait must be the version we load.
     lock_users(model, keys)?;
     gucs::apply_max_threads();
-    let live = load(model)?;
+    let (live, times) = load_with_times(model)?;
     let changes = match &live.state {
         Some(st) => {
-            let p = params_now(st)?;
+            let p = params_at(st, times);
+            let (old, _) = read_users(&live, st.tag, keys)?;
             let mut from_source = states_from_source(&live, st, keys)?;
             let states = keys.iter().map(|k| (k.clone(), from_source.remove(k))).collect();
-            write_states(&live, st, &p, states, reason)?
+            write_states(&live, st, &p, states, &old, reason)?
         }
         None => recompute(&live, keys, reason)?,
     };
@@ -316,7 +334,7 @@ fn recompute(live: &LiveModel, keys: &[String], reason: &str) -> Result<Vec<Chan
         }
         Ok::<_, SegError>((found, columns))
     })?;
-    let mut changes = upsert(live, &found, &columns, reason, None)?;
+    let mut changes = upsert(live, &found, &columns, reason)?;
     let found_set: HashSet<&String> = found.iter().collect();
     let gone: Vec<String> = keys.iter().filter(|k| !found_set.contains(k)).cloned().collect();
     changes.extend(remove(live, &gone, reason)?);
@@ -326,20 +344,9 @@ fn recompute(live: &LiveModel, keys: &[String], reason: &str) -> Result<Vec<Chan
 /// A user's live state: their usable orders (sorted) and, with an events source, their tally.
 type UserState = (Vec<order_features::OrderRow>, Option<Tally>);
 
-/// The statement's reference time (`now()`) and window starts, as PostgreSQL computes them, in
-/// the parameters of `st`.
-fn params_now(st: &StateSql) -> Result<Params> {
-    let micros = |t: Option<pgrx::datum::TimestampWithTimeZone>| t.map_or(0, i64::from);
-    Spi::connect_mut(|c| {
-        let t = plans::execute(c, "SELECT now(), now() - interval '30 days', now() - interval '90 days'", &[], &[])?;
-        let r = t.first();
-        Ok(Params {
-            as_of: micros(r.get(1).map_err(from_spi)?),
-            cut30: micros(r.get(2).map_err(from_spi)?),
-            cut90: micros(r.get(3).map_err(from_spi)?),
-            ..st.params
-        })
-    })
+/// The parameters of `st` at the statement's [`Times`].
+fn params_at(st: &StateSql, [as_of, cut30, cut90]: Times) -> Params {
+    Params { as_of, cut30, cut90, ..st.params }
 }
 
 /// Decodes a state's two halves; None when either is not a state (then it is rebuilt).
@@ -380,6 +387,7 @@ fn write_states(
     st: &StateSql,
     p: &Params,
     states: Vec<(String, Option<UserState>)>,
+    old: &HashMap<String, Option<i32>>,
     reason: &str,
 ) -> Result<Vec<Change>> {
     let n_feats = live.fitted.features.len();
@@ -406,8 +414,145 @@ fn write_states(
             _ => gone.push(key),
         }
     }
-    let mut changes = upsert(live, &found, &columns, reason, Some((st.tag, orders, events)))?;
+    let mut changes = write_users(live, &found, &columns, (st.tag, orders, events), old, reason)?;
     changes.extend(remove(live, &gone, reason)?);
+    Ok(changes)
+}
+
+/// The touched users' rows: their current segment (None without a row or a segment), and their
+/// stored state when it carries `tag`.
+#[allow(clippy::type_complexity)]
+fn read_users(
+    live: &LiveModel,
+    tag: i64,
+    keys: &[String],
+) -> Result<(HashMap<String, Option<i32>>, HashMap<String, UserState>)> {
+    let sql = format!(
+        "SELECT user_id::text, segment_id, live_tag = $2, live_orders, live_events FROM segment.{t} WHERE user_id {only}",
+        t = quote_ident(&users_table(&live.model)),
+        only = if keys.len() > MANY_USERS {
+            format!("IN (SELECT k::{} FROM unnest($1::text[]) k)", live.key_type)
+        } else {
+            format!("= ANY($1::text[]::{}[])", live.key_type)
+        }
+    );
+    Spi::connect_mut(|c| {
+        let args: [DatumWithOid; 2] = [keys.to_vec().into(), tag.into()];
+        let (mut segments, mut states) = (HashMap::with_capacity(keys.len()), HashMap::with_capacity(keys.len()));
+        for row in plans::execute(c, &sql, &[TEXT_ARRAY, INT8], &args)? {
+            let key = row.get::<String>(1).map_err(from_spi)?.unwrap_or_default();
+            if row.get::<bool>(3).map_err(from_spi)? == Some(true) {
+                let state = decode_state(row.get::<&[u8]>(4).map_err(from_spi)?, row.get::<&[u8]>(5).map_err(from_spi)?);
+                if let Some(state) = state {
+                    states.insert(key.clone(), state);
+                }
+            }
+            segments.insert(key, row.get::<i32>(2).map_err(from_spi)?);
+        }
+        Ok((segments, states))
+    })
+}
+
+/// Writes features, embedding, segment and live state of the `found` users (one plain upsert:
+/// their previous segments are known, `old`), then history rows for those whose segment changed.
+fn write_users(
+    live: &LiveModel,
+    found: &[String],
+    columns: &[Vec<Option<f64>>],
+    states: States,
+    old: &HashMap<String, Option<i32>>,
+    reason: &str,
+) -> Result<Vec<Change>> {
+    if found.is_empty() {
+        return Ok(Vec::new());
+    }
+    let placed = live.fitted.assign(columns);
+    let n_feats = columns.len();
+    // Missing values travel as NaN, as in `upsert`.
+    let mut flat_features: Vec<f64> = Vec::with_capacity(found.len() * n_feats);
+    for i in 0..found.len() {
+        flat_features.extend(columns.iter().map(|c| c[i].unwrap_or(f64::NAN)));
+    }
+    let segment: Vec<Option<i32>> = placed.assigned.iter().map(|a| a.map(|(s, _)| s)).collect();
+    let distance: Vec<Option<f64>> = placed.assigned.iter().map(|a| a.map(|(_, d)| d)).collect();
+    let flat_embedding: Vec<f32> = placed.embedding.iter().map(|&v| v as f32).collect();
+    let changes: Vec<Change> = found
+        .iter()
+        .zip(&segment)
+        .filter_map(|(user, to)| {
+            let from = old.get(user).copied().flatten();
+            (from != *to).then(|| Change { user: user.clone(), from, to: *to })
+        })
+        .collect();
+    let rfm: Vec<String> = (1..=RFM_COLUMNS.len()).map(|j| format!("nullif($5[(i - 1) * $6 + {j}], 'NaN')")).collect();
+    let sql = format!(
+        "INSERT INTO segment.{t} AS u (user_id, segment_id, distance, cell, model_version, {rfm_names}, \
+                                     features, embedding, updated_at, live_tag, live_orders, live_events) \
+         SELECT k::{kt}, s, d, nullif(c, -1), $4, {rfm}, \
+                pg_catalog.array_replace($5[(i - 1) * $6 + 1 : i * $6], 'NaN'::float8, NULL), \
+                $7[(i - 1) * $8 + 1 : i * $8], pg_catalog.clock_timestamp(), $9, so, se \
+         FROM unnest($1::text[], $2::int[], $3::float8[], $10::int[], $11::bytea[], $12::bytea[]) \
+              WITH ORDINALITY AS x(k, s, d, c, so, se, i) \
+         ON CONFLICT (user_id) DO UPDATE SET segment_id = EXCLUDED.segment_id, distance = EXCLUDED.distance, \
+           cell = EXCLUDED.cell, model_version = EXCLUDED.model_version, {rfm_set}, features = EXCLUDED.features, \
+           embedding = EXCLUDED.embedding, updated_at = EXCLUDED.updated_at, live_tag = EXCLUDED.live_tag, \
+           live_orders = EXCLUDED.live_orders, live_events = EXCLUDED.live_events",
+        kt = live.key_type,
+        t = quote_ident(&users_table(&live.model)),
+        rfm_names = RFM_COLUMNS.join(", "),
+        rfm = rfm.join(", "),
+        rfm_set = RFM_COLUMNS.iter().map(|c| format!("{c} = EXCLUDED.{c}")).collect::<Vec<_>>().join(", "),
+    );
+    let (tag, orders, events) = states;
+    Spi::connect_mut(|c| {
+        let args: [DatumWithOid; 12] = [
+            found.to_vec().into(),
+            segment.into(),
+            distance.into(),
+            live.version.into(),
+            flat_features.into(),
+            (n_feats as i64).into(),
+            flat_embedding.into(),
+            (placed.embedding.ncols() as i64).into(),
+            tag.into(),
+            placed.cells.iter().map(|c| c.unwrap_or(-1)).collect::<Vec<i32>>().into(),
+            orders.into(),
+            events.into(),
+        ];
+        let types = [
+            TEXT_ARRAY,
+            INT4_ARRAY,
+            FLOAT8_ARRAY,
+            INT4,
+            FLOAT8_ARRAY,
+            INT8,
+            FLOAT4_ARRAY,
+            INT8,
+            INT8,
+            INT4_ARRAY,
+            BYTEA_ARRAY,
+            BYTEA_ARRAY,
+        ];
+        plans::execute(c, &sql, &types, &args)?;
+        if !changes.is_empty() {
+            let history = format!(
+                "INSERT INTO segment.{h} (user_id, from_segment, to_segment, model_version, reason, changed_at) \
+                 SELECT k::{kt}, f, s, $4, $5, pg_catalog.clock_timestamp() \
+                 FROM unnest($1::text[], $2::int[], $3::int[]) x(k, f, s)",
+                h = quote_ident(&history_table(&live.model)),
+                kt = live.key_type,
+            );
+            let args: [DatumWithOid; 5] = [
+                changes.iter().map(|c| c.user.clone()).collect::<Vec<_>>().into(),
+                changes.iter().map(|c| c.from).collect::<Vec<_>>().into(),
+                changes.iter().map(|c| c.to).collect::<Vec<_>>().into(),
+                live.version.into(),
+                reason.into(),
+            ];
+            plans::execute(c, &history, &[TEXT_ARRAY, INT4_ARRAY, INT4_ARRAY, INT4, TEXT], &args)?;
+        }
+        Ok::<_, SegError>(())
+    })?;
     Ok(changes)
 }
 
@@ -429,37 +574,14 @@ pub fn insert(model: &str, keys: &[String], orders: &[Option<Vec<u8>>], events: 
 fn insert_to(model: &str, keys: &[String], orders: &[Option<Vec<u8>>], events: &[Option<Vec<u8>>]) -> Result<usize> {
     lock_users(model, keys)?;
     gucs::apply_max_threads();
-    let live = load(model)?;
+    let (live, times) = load_with_times(model)?;
     let Some(st) = &live.state else {
         let changes = recompute(&live, keys, "order")?;
         notify(model, live.version, "order", &changes)?;
         return Ok(changes.len());
     };
-    let p = params_now(st)?;
-    let stored = Spi::connect_mut(|c| {
-        let sql = format!(
-            "SELECT user_id::text, live_orders, live_events FROM segment.{t} \
-             WHERE live_tag = $2 AND user_id {only}",
-            t = quote_ident(&users_table(model)),
-            only = if keys.len() > MANY_USERS {
-                format!("IN (SELECT k::{} FROM unnest($1::text[]) k)", live.key_type)
-            } else {
-                format!("= ANY($1::text[]::{}[])", live.key_type)
-            }
-        );
-        let args: [DatumWithOid; 2] = [keys.to_vec().into(), st.tag.into()];
-        let mut out = HashMap::with_capacity(keys.len());
-        for row in plans::execute(c, &sql, &[TEXT_ARRAY, INT8], &args)? {
-            let key = row.get::<String>(1).map_err(from_spi)?.unwrap_or_default();
-            if let Some(state) =
-                decode_state(row.get::<&[u8]>(2).map_err(from_spi)?, row.get::<&[u8]>(3).map_err(from_spi)?)
-            {
-                out.insert(key, state);
-            }
-        }
-        Ok::<_, SegError>(out)
-    })?;
-    let mut stored = stored;
+    let p = params_at(st, times);
+    let (old, mut stored) = read_users(&live, st.tag, keys)?;
     let mut states = Vec::with_capacity(keys.len());
     let mut rebuild = Vec::new();
     for (i, key) in keys.iter().enumerate() {
@@ -487,7 +609,7 @@ fn insert_to(model: &str, keys: &[String], orders: &[Option<Vec<u8>>], events: &
         let state = from_source.remove(&k);
         (k, state)
     }));
-    let changes = write_states(&live, st, &p, states, "order")?;
+    let changes = write_states(&live, st, &p, states, &old, "order")?;
     notify(model, live.version, "order", &changes)?;
     Ok(changes.len())
 }
@@ -523,37 +645,63 @@ const LOCK_BUCKETS: i64 = 1024;
 /// in one order so that concurrent statements cannot deadlock. Statements on the same user
 /// serialize; statements on different users rarely share a bucket.
 fn lock_users(model: &str, keys: &[String]) -> Result<()> {
-    // Shared with every other writer; a re-fit takes it exclusively only to wait for the
-    // writers in flight (see `catalog::quiesce`) and for its final swap.
-    Spi::connect_mut(|c| {
-        let args: [DatumWithOid; 1] = [model.into()];
-        plans::execute(c, catalog::LOCK_MODEL_SHARED, &[TEXT], &args)?;
-        let args: [DatumWithOid; 3] = [model.into(), keys.to_vec().into(), LOCK_BUCKETS.into()];
-        plans::execute(
-            c,
-            "SELECT count(pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext($1), b)) FROM ( \
-               SELECT DISTINCT (pg_catalog.hashtextextended(k, 0) % $3)::int AS b \
-               FROM unnest($2::text[]) k ORDER BY 1) s",
-            &[TEXT, TEXT_ARRAY, INT8],
-            &args,
-        )?;
-        Ok(())
-    })
+    // What `pg_advisory_xact_lock_shared(hashtext('pg_segment.model:' || model))` (the shared
+    // side of `catalog::lock_model`) and `pg_advisory_xact_lock(hashtext(model),
+    // (hashtextextended(key, 0) % LOCK_BUCKETS)::int)` take, without two statements per write.
+    // SAFETY: hash functions called through fmgr with the arguments they declare; lock tags
+    // built as the advisory lock functions build them.
+    unsafe {
+        let model_key = hash_text(&format!("pg_segment.model:{model}")) as i64;
+        advisory_xact_lock((model_key >> 32) as u32, model_key as u32, 1, pg_sys::ShareLock);
+        let buckets: std::collections::BTreeSet<i32> =
+            keys.iter().map(|k| (hash_text_extended(k) % LOCK_BUCKETS) as i32).collect();
+        let user_key = hash_text(model) as u32;
+        for b in buckets {
+            advisory_xact_lock(user_key, b as u32, 2, pg_sys::ExclusiveLock);
+        }
+    }
+    Ok(())
+}
+
+/// What `pg_advisory_xact_lock*` do: `kind` 1 is the one-int8 form (high and low halves), 2 the
+/// two-int4 form.
+unsafe fn advisory_xact_lock(key1: u32, key2: u32, kind: u16, mode: u32) {
+    let mut tag = pg_sys::LOCKTAG {
+        locktag_field1: pg_sys::MyDatabaseId.to_u32(),
+        locktag_field2: key1,
+        locktag_field3: key2,
+        locktag_field4: kind,
+        locktag_type: pg_sys::LockTagType::LOCKTAG_ADVISORY as u8,
+        locktag_lockmethodid: pg_sys::USER_LOCKMETHOD as u8,
+    };
+    pg_sys::LockAcquire(&mut tag, mode as pg_sys::LOCKMODE, false, false);
+}
+
+/// `hashtext(s)` (under the default collation, as the SQL spelling gets it).
+unsafe fn hash_text(s: &str) -> i32 {
+    let t = pg_sys::cstring_to_text_with_len(s.as_ptr().cast(), s.len() as i32);
+    let h = pg_sys::OidFunctionCall1Coll(pg_sys::Oid::from(pg_sys::F_HASHTEXT), pg_sys::DEFAULT_COLLATION_OID, t.into());
+    h.value() as i32
+}
+
+/// `hashtextextended(s, 0)`.
+unsafe fn hash_text_extended(s: &str) -> i64 {
+    let t = pg_sys::cstring_to_text_with_len(s.as_ptr().cast(), s.len() as i32);
+    let h = pg_sys::OidFunctionCall2Coll(
+        pg_sys::Oid::from(pg_sys::F_HASHTEXTEXTENDED),
+        pg_sys::DEFAULT_COLLATION_OID,
+        t.into(),
+        pg_sys::Datum::from(0i64),
+    );
+    h.value() as i64
 }
 
 /// Stored live states to write with the users (see `write_states`): their tag, then each user's
 /// orders and events halves.
 type States = (i64, Vec<Option<Vec<u8>>>, Vec<Option<Vec<u8>>>);
 
-/// Writes features, embedding and segment of the `found` users (and their live states when
-/// given), and their history.
-fn upsert(
-    live: &LiveModel,
-    found: &[String],
-    columns: &[Vec<Option<f64>>],
-    reason: &str,
-    states: Option<States>,
-) -> Result<Vec<Change>> {
+/// Writes features, embedding and segment of the `found` users, and their history.
+fn upsert(live: &LiveModel, found: &[String], columns: &[Vec<Option<f64>>], reason: &str) -> Result<Vec<Change>> {
     if found.is_empty() {
         return Ok(Vec::new());
     }
@@ -570,33 +718,23 @@ fn upsert(
     let distance: Vec<Option<f64>> = assigned.iter().map(|a| a.map(|(_, d)| d)).collect();
     let flat_embedding: Vec<f32> = embedding.iter().map(|&v| v as f32).collect();
     let dims = embedding.ncols() as i64;
-    let rfm: Vec<String> = (1..=RFM_COLUMNS.len()).map(|j| format!("nullif($5[(i - 1) * $6 + {j}], 'NaN')")).collect();
-    // the states go through unnest with the keys: a subscript of a bytea[] walks it from its start
-    let (state_input, state_names, state_values, state_set) = if states.is_some() {
-        (
-            ", $11::bytea[], $12::bytea[]",
-            ", live_tag, live_orders, live_events",
-            ", $13, so, se",
-            ", live_tag = EXCLUDED.live_tag, live_orders = EXCLUDED.live_orders, live_events = EXCLUDED.live_events",
-        )
-    } else {
-        ("", "", "", "")
-    };
+    let rfm: Vec<String> =
+        (1..=RFM_COLUMNS.len()).map(|j| format!("nullif($5[(i - 1) * $6 + {j}], 'NaN')")).collect();
     let sql = format!(
         "WITH input AS ( \
-           SELECT k::{kt} AS user_id, s AS segment_id, d AS distance, i{so} \
-           FROM unnest($1::text[], $2::int[], $3::float8[]{state_input}) WITH ORDINALITY AS x(k, s, d{so}, i)), \
+           SELECT k::{kt} AS user_id, s AS segment_id, d AS distance, i \
+           FROM unnest($1::text[], $2::int[], $3::float8[]) WITH ORDINALITY AS x(k, s, d, i)), \
          old AS (SELECT u.user_id, u.segment_id FROM segment.{t} u JOIN input USING (user_id)), \
          up AS ( \
            INSERT INTO segment.{t} AS u (user_id, segment_id, distance, cell, model_version, {rfm_names}, \
-                                         features, embedding, updated_at{state_names}) \
+                                         features, embedding, updated_at) \
            SELECT user_id, segment_id, distance, nullif($10[i], -1), $4, {rfm}, \
                   pg_catalog.array_replace($5[(i - 1) * $6 + 1 : i * $6], 'NaN'::float8, NULL), \
-                  $7[(i - 1) * $8 + 1 : i * $8], clock_timestamp(){state_values} \
+                  $7[(i - 1) * $8 + 1 : i * $8], clock_timestamp() \
            FROM input \
            ON CONFLICT (user_id) DO UPDATE SET segment_id = EXCLUDED.segment_id, distance = EXCLUDED.distance, cell = EXCLUDED.cell, \
              model_version = EXCLUDED.model_version, {rfm_set}, features = EXCLUDED.features, \
-             embedding = EXCLUDED.embedding, updated_at = EXCLUDED.updated_at{state_set} \
+             embedding = EXCLUDED.embedding, updated_at = EXCLUDED.updated_at \
            RETURNING u.user_id, u.segment_id), \
          changed AS ( \
            INSERT INTO segment.{h} (user_id, from_segment, to_segment, model_version, reason, changed_at) \
@@ -611,10 +749,9 @@ fn upsert(
         rfm_names = RFM_COLUMNS.join(", "),
         rfm = rfm.join(", "),
         rfm_set = RFM_COLUMNS.iter().map(|c| format!("{c} = EXCLUDED.{c}")).collect::<Vec<_>>().join(", "),
-        so = if states.is_some() { ", so, se" } else { "" },
     );
     Spi::connect_mut(|c| {
-        let mut args: Vec<DatumWithOid> = vec![
+        let args: [DatumWithOid; 10] = [
             found.to_vec().into(),
             segment.into(),
             distance.into(),
@@ -627,12 +764,7 @@ fn upsert(
             // no NULLs in a subscripted array (see flat_features)
             placed.cells.iter().map(|c| c.unwrap_or(-1)).collect::<Vec<i32>>().into(),
         ];
-        let mut types =
-            vec![TEXT_ARRAY, INT4_ARRAY, FLOAT8_ARRAY, INT4, FLOAT8_ARRAY, INT8, FLOAT4_ARRAY, INT8, TEXT, INT4_ARRAY];
-        if let Some((tag, orders, events)) = states {
-            args.extend([orders.into(), events.into(), tag.into()]);
-            types.extend([BYTEA_ARRAY, BYTEA_ARRAY, INT8]);
-        }
+        let types = [TEXT_ARRAY, INT4_ARRAY, FLOAT8_ARRAY, INT4, FLOAT8_ARRAY, INT8, FLOAT4_ARRAY, INT8, TEXT, INT4_ARRAY];
         collect_changes(plans::execute(c, &sql, &types, &args)?)
     })
 }
