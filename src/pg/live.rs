@@ -23,6 +23,7 @@ use crate::pg::error::{from_spi, OrRaise};
 use crate::pg::gucs;
 use crate::pg::plans;
 use crate::pg::queue;
+use crate::pg::users_rows;
 
 use pgrx::pg_sys::{self as sys, PgOid};
 
@@ -308,7 +309,7 @@ fn apply_to(model: &str, keys: &[String], reason: &str) -> Result<usize> {
             let (old, _) = read_users(&live, st.tag, keys)?;
             let mut from_source = states_from_source(&live, st, keys)?;
             let states = keys.iter().map(|k| (k.clone(), from_source.remove(k))).collect();
-            write_states(&live, st, &p, states, &old, reason)?
+            write_states(&live, st, &p, states, &old, None, reason)?
         }
         None => recompute(&live, keys, reason)?,
     };
@@ -381,20 +382,24 @@ fn states_from_source(live: &LiveModel, st: &StateSql, keys: &[String]) -> Resul
 }
 
 /// Features, embedding and segment of each user from their state (None: no usable rows left),
-/// written with the states.
+/// written with the states: through `direct` for users whose row it read (`rows`), through SQL
+/// for the others.
+#[allow(clippy::too_many_arguments)]
 fn write_states(
     live: &LiveModel,
     st: &StateSql,
     p: &Params,
     states: Vec<(String, Option<UserState>)>,
     old: &HashMap<String, Option<i32>>,
+    mut direct: Option<(&mut users_rows::Users, &HashMap<String, pg_sys::ItemPointerData>)>,
     reason: &str,
 ) -> Result<Vec<Change>> {
     let n_feats = live.fitted.features.len();
     let with_events = live.events.is_some();
-    let (mut found, mut gone) = (Vec::new(), Vec::new());
-    let mut columns = vec![Vec::with_capacity(states.len()); n_feats];
-    let (mut orders, mut events) = (Vec::new(), Vec::new());
+    let mut gone = Vec::new();
+    // (key, features, orders, events) of the users written through SQL, then directly
+    let mut by_sql = Vec::new();
+    let mut by_row = Vec::new();
     for (key, state) in states {
         let computed = state.as_ref().and_then(|(rows, tally)| {
             // a tally is always taken to the statement's time before it gets here
@@ -403,18 +408,53 @@ fn write_states(
         });
         match (computed, state) {
             (Some((f, tally)), Some((rows, _))) if f.len() == n_feats => {
-                for (col, v) in columns.iter_mut().zip(f) {
-                    col.push(v);
+                let written = (key, f, live_state::encode_rows(&rows), tally.map(|t| t.encode()));
+                match &direct {
+                    Some((_, tids)) if tids.contains_key(&written.0) => by_row.push(written),
+                    _ => by_sql.push(written),
                 }
-                orders.push(Some(live_state::encode_rows(&rows)));
-                events.push(tally.map(|t| t.encode()));
-                found.push(key);
             }
             (Some(_), _) => return Err(broken(&live.model, "its feature count does not match its stored state")),
             _ => gone.push(key),
         }
     }
-    let mut changes = write_users(live, &found, &columns, (st.tag, orders, events), old, reason)?;
+    let columns_of = |users: &[(String, Vec<Option<f64>>, Vec<u8>, Option<Vec<u8>>)]| -> Vec<Vec<Option<f64>>> {
+        (0..n_feats).map(|j| users.iter().map(|u| u.1[j]).collect()).collect()
+    };
+    let mut changes = Vec::new();
+    if let (Some((rows, tids)), false) = (direct.as_mut(), by_row.is_empty()) {
+        let placed = live.fitted.assign(&columns_of(&by_row));
+        let dims = placed.embedding.ncols();
+        let mut direct_changes = Vec::new();
+        for (i, (key, features, orders, events)) in by_row.iter().enumerate() {
+            let (segment, distance) = placed.assigned[i].map_or((None, None), |(s, d)| (Some(s), Some(d)));
+            let embedding: Vec<f32> = placed.embedding.row(i).iter().map(|&v| v as f32).collect();
+            debug_assert_eq!(embedding.len(), dims);
+            let values = users_rows::Values {
+                segment,
+                distance,
+                cell: placed.cells[i],
+                version: live.version,
+                features,
+                embedding: &embedding,
+                tag: st.tag,
+                orders,
+                events: events.as_deref(),
+            };
+            // SAFETY: `rows` is open, and the tid is the row it read for this user.
+            unsafe { rows.update(tids[key], &values) };
+            let from = old.get(key).copied().flatten();
+            if from != segment {
+                direct_changes.push(Change { user: key.clone(), from, to: segment });
+            }
+        }
+        insert_history(live, &direct_changes, reason)?;
+        changes.extend(direct_changes);
+    }
+    let found: Vec<String> = by_sql.iter().map(|u| u.0.clone()).collect();
+    let columns = columns_of(&by_sql);
+    let (orders, events) = by_sql.into_iter().map(|u| (Some(u.2), u.3)).unzip();
+    changes.extend(write_users(live, &found, &columns, (st.tag, orders, events), old, reason)?);
     changes.extend(remove(live, &gone, reason)?);
     Ok(changes)
 }
@@ -534,26 +574,35 @@ fn write_users(
             BYTEA_ARRAY,
         ];
         plans::execute(c, &sql, &types, &args)?;
-        if !changes.is_empty() {
-            let history = format!(
-                "INSERT INTO segment.{h} (user_id, from_segment, to_segment, model_version, reason, changed_at) \
-                 SELECT k::{kt}, f, s, $4, $5, pg_catalog.clock_timestamp() \
-                 FROM unnest($1::text[], $2::int[], $3::int[]) x(k, f, s)",
-                h = quote_ident(&history_table(&live.model)),
-                kt = live.key_type,
-            );
-            let args: [DatumWithOid; 5] = [
-                changes.iter().map(|c| c.user.clone()).collect::<Vec<_>>().into(),
-                changes.iter().map(|c| c.from).collect::<Vec<_>>().into(),
-                changes.iter().map(|c| c.to).collect::<Vec<_>>().into(),
-                live.version.into(),
-                reason.into(),
-            ];
-            plans::execute(c, &history, &[TEXT_ARRAY, INT4_ARRAY, INT4_ARRAY, INT4, TEXT], &args)?;
-        }
         Ok::<_, SegError>(())
     })?;
+    insert_history(live, &changes, reason)?;
     Ok(changes)
+}
+
+/// History rows for segment changes the live path wrote itself.
+fn insert_history(live: &LiveModel, changes: &[Change], reason: &str) -> Result<()> {
+    if changes.is_empty() {
+        return Ok(());
+    }
+    let history = format!(
+        "INSERT INTO segment.{h} (user_id, from_segment, to_segment, model_version, reason, changed_at) \
+         SELECT k::{kt}, f, s, $4, $5, pg_catalog.clock_timestamp() \
+         FROM unnest($1::text[], $2::int[], $3::int[]) x(k, f, s)",
+        h = quote_ident(&history_table(&live.model)),
+        kt = live.key_type,
+    );
+    Spi::connect_mut(|c| {
+        let args: [DatumWithOid; 5] = [
+            changes.iter().map(|c| c.user.clone()).collect::<Vec<_>>().into(),
+            changes.iter().map(|c| c.from).collect::<Vec<_>>().into(),
+            changes.iter().map(|c| c.to).collect::<Vec<_>>().into(),
+            live.version.into(),
+            reason.into(),
+        ];
+        plans::execute(c, &history, &[TEXT_ARRAY, INT4_ARRAY, INT4_ARRAY, INT4, TEXT], &args)?;
+        Ok(())
+    })
 }
 
 /// The sync INSERT path: each touched user's stored state plus what the statement inserted
@@ -581,7 +630,27 @@ fn insert_to(model: &str, keys: &[String], orders: &[Option<Vec<u8>>], events: &
         return Ok(changes.len());
     };
     let p = params_at(st, times);
-    let (old, mut stored) = read_users(&live, st.tag, keys)?;
+    // SAFETY: in the writer's transaction, after the users' locks.
+    let mut rows = unsafe { users_rows::Users::open(&users_table(model)) };
+    let mut tids = HashMap::new();
+    let (old, mut stored) = match rows.as_mut() {
+        Some(rows) => {
+            let (mut old, mut stored) = (HashMap::with_capacity(keys.len()), HashMap::with_capacity(keys.len()));
+            for key in keys {
+                // SAFETY: `rows` is open.
+                let Some(found) = (unsafe { rows.fetch(key) }) else { continue };
+                old.insert(key.clone(), found.segment);
+                tids.insert(key.clone(), found.tid);
+                if found.tag == Some(st.tag) {
+                    if let Some(state) = decode_state(found.orders.as_deref(), found.events.as_deref()) {
+                        stored.insert(key.clone(), state);
+                    }
+                }
+            }
+            (old, stored)
+        }
+        None => read_users(&live, st.tag, keys)?,
+    };
     let mut states = Vec::with_capacity(keys.len());
     let mut rebuild = Vec::new();
     for (i, key) in keys.iter().enumerate() {
@@ -609,7 +678,9 @@ fn insert_to(model: &str, keys: &[String], orders: &[Option<Vec<u8>>], events: &
         let state = from_source.remove(&k);
         (k, state)
     }));
-    let changes = write_states(&live, st, &p, states, &old, "order")?;
+    let direct = rows.as_mut().map(|r| (r, &tids));
+    let changes = write_states(&live, st, &p, states, &old, direct, "order")?;
+    drop(rows);
     notify(model, live.version, "order", &changes)?;
     Ok(changes.len())
 }

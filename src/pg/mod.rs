@@ -11,6 +11,7 @@ mod plots;
 mod plans;
 mod queue;
 mod source;
+mod users_rows;
 
 #[pgrx::pg_guard]
 pub extern "C-unwind" fn _PG_init() {
