@@ -84,6 +84,15 @@ BEGIN
 END
 $fillfactor$;
 
+-- Backends cache models; writes to the catalog tables tell them to look again.
+CREATE FUNCTION "_segment_catalog_changed"()
+	RETURNS TRIGGER
+	LANGUAGE c
+	AS 'MODULE_PATHNAME', '_segment_catalog_changed_wrapper';
+CREATE TRIGGER models_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON segment.models FOR EACH STATEMENT EXECUTE FUNCTION _segment_catalog_changed();
+CREATE TRIGGER live_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON segment.live FOR EACH STATEMENT EXECUTE FUNCTION _segment_catalog_changed();
+REVOKE ALL ON FUNCTION _segment_catalog_changed() FROM PUBLIC;
+
 -- Live mode's per-user state (sync INSERTs merge new rows into it instead of re-reading history).
 CREATE FUNCTION "_segment_order_rows_sfunc"(
 	"state" internal,

@@ -95,33 +95,93 @@ pub fn load(model: &str) -> Result<Rc<LiveModel>> {
     load_with_times(model).map(|(live, _)| live)
 }
 
+thread_local! {
+    /// The relations whose changes make cached models stale (`segment.models`, `segment.live`),
+    /// and whether none changed since the cache was last checked against them.
+    static CATALOG: std::cell::Cell<Option<(pg_sys::Oid, pg_sys::Oid)>> = const { std::cell::Cell::new(None) };
+    static UNCHANGED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Relcache invalidation callback: `segment.models` or `segment.live` was written (their
+/// statement trigger, `_segment_catalog_changed`, invalidates them), or the whole relcache was
+/// reset.
+#[pg_guard]
+unsafe extern "C-unwind" fn catalog_changed(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
+    let watched = CATALOG.with(|c| c.get());
+    if relid == pg_sys::InvalidOid || watched.is_none_or(|(m, l)| relid == m || relid == l) {
+        UNCHANGED.with(|u| u.set(false));
+    }
+}
+
+/// Whether no model version or live mode changed since the cached models were checked; marks
+/// them checked (the caller checks them when it returns false). Invalidations are processed at
+/// each transaction start and here, so a version committed while this writer waited for the
+/// model's lock is seen.
+fn catalog_unchanged() -> bool {
+    // SAFETY: catalog lookups and invalidation processing inside a transaction.
+    unsafe {
+        if CATALOG.with(|c| c.get()).is_none() {
+            let schema = pg_sys::get_namespace_oid(c"segment".as_ptr(), true);
+            let models = pg_sys::get_relname_relid(c"models".as_ptr(), schema);
+            let live = pg_sys::get_relname_relid(c"live".as_ptr(), schema);
+            if models == pg_sys::InvalidOid || live == pg_sys::InvalidOid {
+                return false;
+            }
+            CATALOG.with(|c| c.set(Some((models, live))));
+            pg_sys::CacheRegisterRelcacheCallback(Some(catalog_changed), pg_sys::Datum::from(0));
+        }
+        pg_sys::AcceptInvalidationMessages();
+    }
+    UNCHANGED.with(|u| u.replace(true))
+}
+
+/// `now()` and the starts of the 30- and 90-day windows before it, as `now() - interval '30
+/// days'` computes them (in the session's time zone).
+fn statement_times() -> Times {
+    // SAFETY: the transaction's start time, and timestamptz_mi_interval with the arguments it declares.
+    unsafe {
+        let now = pg_sys::GetCurrentTransactionStartTimestamp();
+        let before = |days: i32| {
+            let interval = pg_sys::palloc0(std::mem::size_of::<pg_sys::Interval>()) as *mut pg_sys::Interval;
+            (*interval).day = days;
+            pg_sys::OidFunctionCall2Coll(
+                pg_sys::Oid::from(pg_sys::F_TIMESTAMPTZ_MI_INTERVAL),
+                pg_sys::InvalidOid,
+                pg_sys::Datum::from(now),
+                pg_sys::Datum::from(interval),
+            )
+            .value() as i64
+        };
+        [now, before(30), before(90)]
+    }
+}
+
 /// `now()` and the starts of the 30- and 90-day windows before it, as PostgreSQL computes them
 /// (in the session's time zone), in microseconds.
 type Times = [i64; 3];
 
 /// [`load`], with the statement's [`Times`] from the same query.
 fn load_with_times(model: &str) -> Result<(Rc<LiveModel>, Times)> {
+    let times = statement_times();
+    // Nothing was written to the catalog since the cache was checked (see `catalog_unchanged`).
+    if catalog_unchanged() {
+        if let Some(hit) = CACHE.with(|c| c.borrow().get(model).cloned()) {
+            return Ok((hit, times));
+        }
+    }
     // The live row is written anew by every segment_live(): a backend that cached the model
     // before then (say, before its users table had the state columns) loads it again.
-    let (version, installed, times) = Spi::connect_mut(|c| {
+    let (version, installed) = Spi::connect_mut(|c| {
         let args: [DatumWithOid; 1] = [model.into()];
         let t = plans::execute(
             c,
-            "SELECT max(version), (SELECT l.xmin::text FROM segment.live l WHERE l.model = $1), \
-                    now(), now() - interval '30 days', now() - interval '90 days' \
+            "SELECT max(version), (SELECT l.xmin::text FROM segment.live l WHERE l.model = $1) \
              FROM segment.models WHERE model = $1",
             &[TEXT],
             &args,
         )?;
         let r = t.first();
-        let micros = |n: usize| {
-            r.get::<pgrx::datum::TimestampWithTimeZone>(n).map(|t| t.map_or(0, i64::from)).map_err(from_spi)
-        };
-        Ok::<_, SegError>((
-            r.get::<i32>(1).map_err(from_spi)?,
-            r.get::<String>(2).map_err(from_spi)?,
-            [micros(3)?, micros(4)?, micros(5)?],
-        ))
+        Ok::<_, SegError>((r.get::<i32>(1).map_err(from_spi)?, r.get::<String>(2).map_err(from_spi)?))
     })?;
     let Some(version) = version else {
         return catalog::current(model).and_then(|_| Err(broken(model, "no version")));
@@ -1409,6 +1469,31 @@ extension_sql!(
     name = "live_insert_revoke",
     requires = [live_insert]
 );
+
+/// Statement trigger on `segment.models` and `segment.live`: backends drop their cached models
+/// (see `catalog_unchanged`) once the writing transaction commits.
+mod catalog_trigger {
+    use pgrx::prelude::*;
+
+    #[pg_trigger]
+    fn _segment_catalog_changed<'a>(
+        trigger: &'a PgTrigger<'a>,
+    ) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, pgrx::PgTriggerError> {
+        // SAFETY: the trigger's relation is open.
+        unsafe { pg_sys::CacheInvalidateRelcache(trigger.trigger_data().tg_relation) };
+        Ok(None)
+    }
+
+    extension_sql!(
+        "CREATE TRIGGER models_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON segment.models \
+           FOR EACH STATEMENT EXECUTE FUNCTION _segment_catalog_changed();
+         CREATE TRIGGER live_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON segment.live \
+           FOR EACH STATEMENT EXECUTE FUNCTION _segment_catalog_changed();
+         REVOKE ALL ON FUNCTION _segment_catalog_changed() FROM PUBLIC;",
+        name = "catalog_changed_triggers",
+        requires = ["bootstrap", _segment_catalog_changed]
+    );
+}
 
 /// Called by the sync TRUNCATE triggers: every user is re-derived from what is left.
 #[pg_extern(name = "_segment_live_truncate", volatile, parallel_unsafe)]
