@@ -141,17 +141,12 @@ IMMUTABLE PARALLEL SAFE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'event_tally_wrapper';
 
-CREATE  FUNCTION "_segment_live_insert"(
-	"model" TEXT, /* & str */
-	"keys" TEXT[], /* Vec < Option < String > > */
-	"orders" bytea[], /* pgrx :: datum :: Array < & [u8] > */
-	"events" bytea[] /* pgrx :: datum :: Array < & [u8] > */
-) RETURNS void
-STRICT VOLATILE PARALLEL UNSAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'live_insert_wrapper';
-
-REVOKE ALL ON FUNCTION _segment_live_insert(text, text[], bytea[], bytea[]) FROM PUBLIC;
+CREATE FUNCTION "_segment_live_sync"()
+	RETURNS TRIGGER
+	LANGUAGE c
+	AS 'MODULE_PATHNAME', '_segment_live_sync_wrapper';
+ALTER FUNCTION _segment_live_sync() SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+REVOKE ALL ON FUNCTION _segment_live_sync() FROM PUBLIC;
 
 
 -- Every live model's triggers are re-written by the new code (which also drops the queue's

@@ -58,6 +58,9 @@ pub struct LiveModel {
     pub state: Option<StateSql>,
     /// Which `segment_live()` call this was loaded under (the live row's xmin).
     installed: Option<String>,
+    /// The sources' relations (for the live triggers to check they are on them).
+    orders_oid: pg_sys::Oid,
+    events_oid: Option<pg_sys::Oid>,
 }
 
 /// Live mode's stored per-user state (`core::live_state`) for one model version.
@@ -71,7 +74,8 @@ pub struct StateSql {
     pub for_users: String,
     pub for_many_users: String,
     pub for_all: String,
-    /// The same from the transition table `new_rows` of an INSERT into the orders (events).
+    /// `user_id::text`, `orders`, `events` from the transition table `new_rows` of an INSERT
+    /// into the orders (events): the new rows' parts of the users' states.
     pub new_orders: String,
     pub new_events: Option<String>,
 }
@@ -200,6 +204,7 @@ fn load_with_times(model: &str) -> Result<(Rc<LiveModel>, Times)> {
                          JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = m.source), \
                         (SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c \
                          JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = m.events), \
+                        m.source::oid, m.events::oid, \
                         EXISTS (SELECT FROM pg_attribute a WHERE a.attrelid = pg_catalog.to_regclass('segment.' || pg_catalog.quote_ident(m.users_table)) \
                                   AND a.attname = 'live_tag' AND NOT a.attisdropped) \
                  FROM segment.models m WHERE m.model = $1 AND m.version = $2",
@@ -214,10 +219,12 @@ fn load_with_times(model: &str) -> Result<(Rc<LiveModel>, Times)> {
             r.get::<String>(3).map_err(from_spi)?.unwrap_or_default(),
             r.get::<String>(4).map_err(from_spi)?.unwrap_or_default(),
             r.get::<String>(5).map_err(from_spi)?,
-            r.get::<bool>(6).map_err(from_spi)?.unwrap_or(false),
+            r.get::<pg_sys::Oid>(6).map_err(from_spi)?.unwrap_or(pg_sys::InvalidOid),
+            r.get::<pg_sys::Oid>(7).map_err(from_spi)?,
+            r.get::<bool>(8).map_err(from_spi)?.unwrap_or(false),
         ))
     })?;
-    let (key_type, params, spec, source, events_rel, state_columns) = row;
+    let (key_type, params, spec, source, events_rel, orders_oid, events_oid, state_columns) = row;
     let fitted: Model = serde_json::from_str(&params).map_err(|e| broken(model, &e.to_string()))?;
     let spec: Value = serde_json::from_str(&spec).map_err(|e| broken(model, &e.to_string()))?;
     let options: Options =
@@ -286,6 +293,8 @@ fn load_with_times(model: &str) -> Result<(Rc<LiveModel>, Times)> {
         select_for_many_users,
         state,
         installed,
+        orders_oid,
+        events_oid,
     });
     CACHE.with(|c| c.borrow_mut().insert(model.to_string(), live.clone()));
     Ok((live, times))
@@ -332,8 +341,16 @@ fn state_sql(
         for_users: by_key(state(Some(format!("= ANY($1::text[]::{key_type}[])")))),
         for_many_users: by_key(state(Some(format!("IN (SELECT k::{key_type} FROM unnest($1::text[]) k)")))),
         for_all: state(None),
-        new_orders: features::order_rows_select(orders, feats, &options.timezone, &rows_agg, "new_rows", None),
-        new_events: events.map(|e| features::event_tally_select(e, &tally_fn, "new_rows", None)),
+        new_orders: format!(
+            "SELECT user_id::text, orders, NULL::bytea FROM ({}) p",
+            features::order_rows_select(orders, feats, &options.timezone, &rows_agg, "new_rows", None)
+        ),
+        new_events: events.map(|e| {
+            format!(
+                "SELECT user_id::text, NULL::bytea, events FROM ({}) p",
+                features::event_tally_select(e, &tally_fn, "new_rows", None)
+            )
+        }),
     }))
 }
 
@@ -1119,27 +1136,22 @@ pub fn install(model: &str, mode: Mode) -> Result<()> {
                 .map_err(from_spi)?;
                 continue;
             }
-            // sync INSERTs with stored state: the new rows per user, merged into their state
-            let new_parts = match (&live.state, event, *role) {
-                (Some(st), "ins", "orders") => {
-                    Some(format!("SELECT user_id::text, orders, NULL::bytea FROM ({}) p", st.new_orders))
-                }
-                (Some(st), "ins", _) => {
-                    st.new_events.as_ref().map(|e| format!("SELECT user_id::text, NULL::bytea, events FROM ({e}) p"))
-                }
-                _ => None,
-            };
-            let call = match new_parts {
-                Some(parts) => format!(
-                    "PERFORM {ext_schema}._segment_live_insert({m}, ks, os, es) \
-                     FROM (SELECT array_agg(k), array_agg(o), array_agg(e) FROM ({parts}) p(k, o, e)) x(ks, os, es) \
-                     WHERE ks IS NOT NULL",
-                    m = quote_literal(model)
-                ),
-                None => {
-                    format!("PERFORM {ext_schema}._segment_live_apply({}, ARRAY({keys})::text[])", quote_literal(model))
-                }
-            };
+            if mode == Mode::Sync && event == "ins" && live.state.is_some() {
+                // the hot path: the new rows merged into the users' stored state (see sync_trigger)
+                let name = quote_ident(&object_name(model, role, event));
+                Spi::run(&format!(
+                    "CREATE TRIGGER {name} AFTER INSERT ON {rel} {referencing} FOR EACH STATEMENT \
+                       EXECUTE FUNCTION {ext_schema}._segment_live_sync({m}, {r}, {u}); \
+                     COMMENT ON TRIGGER {name} ON {rel} IS {c}",
+                    m = quote_literal(model),
+                    r = quote_literal(role),
+                    u = quote_literal(&features::unquote_ident(user)),
+                    c = quote_literal(&format!("pg_segment: keeps model {model} current")),
+                ))
+                .map_err(from_spi)?;
+                continue;
+            }
+            let call = format!("PERFORM {ext_schema}._segment_live_apply({}, ARRAY({keys})::text[])", quote_literal(model));
             let body = match mode {
                 Mode::Async => format!("{}; RETURN NULL;", queue::append(&queue, &keys)),
                 _ => format!(
@@ -1450,25 +1462,124 @@ fn live_apply(model: &str, keys: Vec<Option<String>>) {
     apply(model, &keys, "order").or_raise();
 }
 
-/// Called by the sync INSERT triggers with the touched users' keys and the new rows' parts of
-/// their state (`orders`, `events`; see `StateSql::new_orders`).
-#[pg_extern(name = "_segment_live_insert", volatile, parallel_unsafe)]
-fn live_insert(
-    model: &str,
-    keys: Vec<Option<String>>,
-    orders: pgrx::datum::Array<&[u8]>,
-    events: pgrx::datum::Array<&[u8]>,
-) {
-    let keys: Vec<String> = keys.into_iter().map(Option::unwrap_or_default).collect();
-    let owned = |a: pgrx::datum::Array<&[u8]>| a.iter().map(|b| b.map(<[u8]>::to_vec)).collect::<Vec<_>>();
-    insert(model, &keys, &owned(orders), &owned(events)).or_raise();
+/// The sync INSERT trigger (`_segment_live_sync(model, role, user column)`, statement level,
+/// transition table `new_rows`): the new rows' parts of the touched users' states, then
+/// [`insert`], in a subtransaction. Should that fail, the users are queued for
+/// `segment_process` and a WARNING says why: the writer's INSERT never fails because of us.
+mod sync_trigger {
+    use pgrx::prelude::*;
+
+    #[pg_trigger]
+    fn _segment_live_sync<'a>(
+        trigger: &'a PgTrigger<'a>,
+    ) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, pgrx::PgTriggerError> {
+        let args = trigger.extra_args()?;
+        let data = trigger.trigger_data();
+        match args.as_slice() {
+            [model, role, user] if !data.tg_newtable.is_null() => super::sync_insert(data, model, role, user),
+            _ => crate::pg::error::raise(crate::core::error::SegError::invalid(
+                "_segment_live_sync must be an AFTER INSERT statement trigger with a new table and the model, the \
+                 table's role and its user column as arguments",
+            )),
+        }
+        Ok(None)
+    }
+
+    extension_sql!(
+        "ALTER FUNCTION _segment_live_sync() SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+         REVOKE ALL ON FUNCTION _segment_live_sync() FROM PUBLIC;",
+        name = "live_sync_definer",
+        requires = [_segment_live_sync]
+    );
 }
 
-extension_sql!(
-    "REVOKE ALL ON FUNCTION _segment_live_insert(text, text[], bytea[], bytea[]) FROM PUBLIC;",
-    name = "live_insert_revoke",
-    requires = [live_insert]
-);
+/// See [`sync_trigger`].
+fn sync_insert(data: &pg_sys::TriggerData, model: &str, role: &str, user: &str) {
+    let relid = unsafe { (*data.tg_relation).rd_id };
+    let applied = in_subtransaction(|| {
+        let (live, _) = load_with_times(model)?;
+        let parts = match (&live.state, role) {
+            (Some(st), "orders") if live.orders_oid == relid => Some(&st.new_orders),
+            (Some(st), "events") if live.events_oid == Some(relid) => st.new_events.as_ref(),
+            _ => None,
+        };
+        let Some(parts) = parts else {
+            return Err(broken(model, "its live INSERT trigger does not match it")
+                .hint(format!("SELECT segment_live({}) re-installs its triggers", quote_literal(model))));
+        };
+        let (keys, orders, events) = Spi::connect_mut(|c| {
+            // SAFETY: the trigger's data, for this SPI connection's queries on `new_rows`.
+            unsafe { pg_sys::SPI_register_trigger_data(data as *const _ as *mut _) };
+            let (mut keys, mut orders, mut events) = (Vec::new(), Vec::new(), Vec::new());
+            for row in plans::execute(c, parts, &[], &[])? {
+                keys.push(row.get::<String>(1).map_err(from_spi)?.unwrap_or_default());
+                orders.push(row.get::<Vec<u8>>(2).map_err(from_spi)?);
+                events.push(row.get::<Vec<u8>>(3).map_err(from_spi)?);
+            }
+            Ok::<_, SegError>((keys, orders, events))
+        })?;
+        insert(model, &keys, &orders, &events)
+    });
+    if let Err(message) = applied {
+        let queue = quote_ident(&queue_table(model));
+        let keys = format!("SELECT DISTINCT k FROM (SELECT {} FROM new_rows) s(k) WHERE k IS NOT NULL", quote_ident(user));
+        let queued = Spi::connect_mut(|c| {
+            // SAFETY: as above.
+            unsafe { pg_sys::SPI_register_trigger_data(data as *const _ as *mut _) };
+            c.update(&queue::append(&queue, &keys), None, &[]).map(|_| ()).map_err(from_spi)
+        });
+        queued.or_raise();
+        pgrx::pg_sys::panic::ErrorReport::new(
+            PgSqlErrorCode::ERRCODE_WARNING,
+            format!("pg_segment: live update of model \"{model}\" failed: {message}"),
+            "pg_segment",
+        )
+        .set_hint(format!("the users were queued; SELECT segment_process({}) applies them", quote_literal(model)))
+        .report(PgLogLevel::WARNING);
+    }
+}
+
+/// Runs `f` in a subtransaction, as PL/pgSQL runs a block with an EXCEPTION clause: on any error
+/// its writes are rolled back and the error's message returned.
+fn in_subtransaction<R>(f: impl FnOnce() -> Result<R>) -> std::result::Result<R, String> {
+    // SAFETY: the subtransaction protocol of PL/pgSQL's exec_stmt_block: back to the caller's
+    // memory context and resource owner after beginning, releasing or rolling back.
+    unsafe {
+        let (cxt, owner) = (pg_sys::CurrentMemoryContext, pg_sys::CurrentResourceOwner);
+        pg_sys::BeginInternalSubTransaction(std::ptr::null());
+        pg_sys::MemoryContextSwitchTo(cxt);
+        let restore = move || {
+            pg_sys::MemoryContextSwitchTo(cxt);
+            pg_sys::CurrentResourceOwner = owner;
+        };
+        let outcome = PgTryBuilder::new(std::panic::AssertUnwindSafe(|| match f() {
+            Ok(r) => Ok(r),
+            Err(e) => Err(e.message),
+        }))
+        .catch_others(|e| {
+            Err(match e {
+                pg_sys::panic::CaughtError::PostgresError(r) | pg_sys::panic::CaughtError::ErrorReport(r) => {
+                    r.message().to_string()
+                }
+                pg_sys::panic::CaughtError::RustPanic { ereport, .. } => ereport.message().to_string(),
+            })
+        })
+        .execute();
+        match outcome {
+            Ok(r) => {
+                pg_sys::ReleaseCurrentSubTransaction();
+                restore();
+                Ok(r)
+            }
+            Err(message) => {
+                restore();
+                pg_sys::RollbackAndReleaseCurrentSubTransaction();
+                restore();
+                Err(message)
+            }
+        }
+    }
+}
 
 /// Statement trigger on `segment.models` and `segment.live`: backends drop their cached models
 /// (see `catalog_unchanged`) once the writing transaction commits.
