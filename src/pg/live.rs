@@ -22,6 +22,7 @@ use crate::pg::catalog::{self, history_table, queue_table, users_table};
 use crate::pg::error::{from_spi, OrRaise};
 use crate::pg::gucs;
 use crate::pg::plans;
+use crate::pg::new_rows;
 use crate::pg::queue;
 use crate::pg::users_rows;
 
@@ -1507,6 +1508,31 @@ fn sync_insert(data: &pg_sys::TriggerData, model: &str, role: &str, user: &str) 
             return Err(broken(model, "its live INSERT trigger does not match it")
                 .hint(format!("SELECT segment_live({}) re-installs its triggers", quote_literal(model))));
         };
+        // SAFETY: the trigger's data (an AFTER INSERT statement trigger with a new table).
+        let direct = unsafe {
+            match role {
+                "orders" => new_rows::order_parts(
+                    data,
+                    &live.orders.user,
+                    &live.orders.time,
+                    &live.orders.amount,
+                    live.orders.category.as_deref(),
+                    &features::slot_names(&live.feats),
+                    &live.timezone,
+                ),
+                _ => live.events.as_ref().and_then(|e| {
+                    new_rows::event_parts(data, &e.user, &e.time, &e.event_type, statement_times()[0])
+                }),
+            }
+        };
+        if let Some(parts) = direct {
+            let keys: Vec<String> = parts.iter().map(|(k, _)| k.clone()).collect();
+            let (orders, events) = match role {
+                "orders" => (parts.into_iter().map(|(_, p)| Some(p)).collect(), vec![None; keys.len()]),
+                _ => (vec![None; keys.len()], parts.into_iter().map(|(_, p)| Some(p)).collect()),
+            };
+            return insert(model, &keys, &orders, &events);
+        }
         let (keys, orders, events) = Spi::connect_mut(|c| {
             // SAFETY: the trigger's data, for this SPI connection's queries on `new_rows`.
             unsafe { pg_sys::SPI_register_trigger_data(data as *const _ as *mut _) };

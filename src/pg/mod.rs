@@ -7,6 +7,7 @@ mod catalog;
 mod error;
 mod gucs;
 mod live;
+mod new_rows;
 mod plots;
 mod plans;
 mod queue;
