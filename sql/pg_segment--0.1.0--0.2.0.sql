@@ -77,7 +77,8 @@ BEGIN
         IF pg_catalog.to_regclass(format('segment.%I', r.model || '_users')) IS NOT NULL THEN
             EXECUTE format('ALTER TABLE segment.%I SET (fillfactor = 90)', r.model || '_users');
             EXECUTE format('ALTER TABLE segment.%I ADD COLUMN IF NOT EXISTS live_tag int8, '
-                           'ADD COLUMN IF NOT EXISTS live_orders bytea, ADD COLUMN IF NOT EXISTS live_events bytea',
+                           'ADD COLUMN IF NOT EXISTS live_orders bytea, ADD COLUMN IF NOT EXISTS live_events bytea, '
+                           'SET (toast_tuple_target = 8160)',
                            r.model || '_users');
         END IF;
     END LOOP;

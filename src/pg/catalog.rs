@@ -102,6 +102,10 @@ pub fn lock_model(model: &str) -> Result<()> {
 /// updates).
 pub const USERS_FILLFACTOR: u32 = 90;
 
+/// A users row stays uncompressed in its page up to this size (the default, about 2 kB, would
+/// have every live write of a customer with some sixty orders compress their stored state).
+pub const USERS_TOAST_TARGET: u32 = 8160;
+
 
 /// Waits for the live writers in flight to commit (an exclusive lock taken and released in one
 /// statement, so nothing is held while the fit runs) and returns the time after which any live
@@ -176,7 +180,7 @@ pub fn ensure_users_table(model: &str, key_type: &str) -> Result<bool> {
            embedding real[] NOT NULL, \
            updated_at timestamptz NOT NULL DEFAULT now(), \
            {STATE_COLUMNS}) \
-         WITH (fillfactor = {USERS_FILLFACTOR}); \
+         WITH (fillfactor = {USERS_FILLFACTOR}, toast_tuple_target = {USERS_TOAST_TARGET}); \
          CREATE INDEX ON segment.{t} (segment_id, cell); \
          COMMENT ON TABLE segment.{t} IS {comment}; \
          CREATE VIEW segment.{v} AS \
@@ -240,7 +244,11 @@ pub fn ensure_state_columns(model: &str) -> Result<()> {
     .map_err(from_spi)?;
     if missing == Some(true) {
         let add: Vec<String> = STATE_COLUMNS.split(", ").map(|c| format!("ADD COLUMN IF NOT EXISTS {c}")).collect();
-        Spi::run(&format!("ALTER TABLE segment.{t} {}", add.join(", "))).map_err(from_spi)?;
+        Spi::run(&format!(
+            "ALTER TABLE segment.{t} {}, SET (toast_tuple_target = {USERS_TOAST_TARGET})",
+            add.join(", ")
+        ))
+        .map_err(from_spi)?;
     }
     Ok(())
 }

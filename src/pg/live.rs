@@ -143,9 +143,17 @@ fn catalog_unchanged() -> bool {
 /// `now()` and the starts of the 30- and 90-day windows before it, as `now() - interval '30
 /// days'` computes them (in the session's time zone).
 fn statement_times() -> Times {
-    // SAFETY: the transaction's start time, and timestamptz_mi_interval with the arguments it declares.
-    unsafe {
-        let now = pg_sys::GetCurrentTransactionStartTimestamp();
+    thread_local! {
+        /// The last transaction's times (the same for all its statements).
+        static LAST: std::cell::Cell<Times> = const { std::cell::Cell::new([i64::MIN; 3]) };
+    }
+    // SAFETY: the transaction's start time.
+    let now = unsafe { pg_sys::GetCurrentTransactionStartTimestamp() };
+    if let Some(times) = LAST.with(|l| Some(l.get()).filter(|t| t[0] == now)) {
+        return times;
+    }
+    // SAFETY: timestamptz_mi_interval with the arguments it declares.
+    let times = unsafe {
         let before = |days: i32| {
             let interval = pg_sys::palloc0(std::mem::size_of::<pg_sys::Interval>()) as *mut pg_sys::Interval;
             (*interval).day = days;
@@ -158,7 +166,9 @@ fn statement_times() -> Times {
             .value() as i64
         };
         [now, before(30), before(90)]
-    }
+    };
+    LAST.with(|l| l.set(times));
+    times
 }
 
 /// `now()` and the starts of the 30- and 90-day windows before it, as PostgreSQL computes them
@@ -771,10 +781,16 @@ fn build_all_states(live: &LiveModel) -> Result<()> {
     crate::pg::source::with_bulk_settings(|| {
         Spi::run_with_args(
             &format!(
+                // rows whose state is already right are left alone (turning sync mode off and
+                // on would otherwise rewrite the whole table); a tally is right whatever time it
+                // was taken at (its first 8 bytes) when its counts and pending events agree
                 "UPDATE segment.{t} u SET live_tag = CASE WHEN s.user_id IS NULL THEN NULL ELSE $1 END, \
                    live_orders = s.orders, live_events = s.events \
                  FROM segment.{t} u0 LEFT JOIN ({all}) s ON s.user_id = u0.user_id \
-                 WHERE u.user_id = u0.user_id AND (s.user_id IS NOT NULL OR u0.live_tag IS NOT NULL)",
+                 WHERE u.user_id = u0.user_id \
+                   AND (CASE WHEN s.user_id IS NULL THEN NULL ELSE $1 END IS DISTINCT FROM u0.live_tag \
+                        OR s.orders IS DISTINCT FROM u0.live_orders \
+                        OR pg_catalog.substr(s.events, 9) IS DISTINCT FROM pg_catalog.substr(u0.live_events, 9))",
                 all = st.for_all
             ),
             &[st.tag.into()],
@@ -1075,8 +1091,16 @@ fn drop_triggers(model: &str) -> Result<()> {
         let Some(rel) = rel else { continue };
         for event in ["ins", "upd", "del", "trunc"] {
             let name = quote_ident(&object_name(model, role, event));
-            Spi::run(&format!("DROP TRIGGER IF EXISTS {name} ON {rel}; DROP FUNCTION IF EXISTS segment.{name}()"))
-                .map_err(from_spi)?;
+            Spi::run(&format!("DROP TRIGGER IF EXISTS {name} ON {rel}")).map_err(from_spi)?;
+            // the sync INSERT trigger calls a function of the extension's, the others their own
+            let own: Option<bool> = Spi::get_one(&format!(
+                "SELECT pg_catalog.to_regprocedure({}) IS NOT NULL",
+                quote_literal(&format!("segment.{name}()"))
+            ))
+            .map_err(from_spi)?;
+            if own == Some(true) {
+                Spi::run(&format!("DROP FUNCTION segment.{name}()")).map_err(from_spi)?;
+            }
         }
     }
     Spi::run_with_args("DELETE FROM segment.live WHERE model = $1", &[model.into()]).map_err(from_spi)
