@@ -235,6 +235,65 @@ fn pg_test_live_off_removes_the_triggers() {
     assert_eq!(sqlstate_of("SELECT segment_live('nope')").as_deref(), Some("42704"));
 }
 
+/// The sync INSERT path builds on each user's stored state (their orders and event tally); every
+/// way that state could be missing, stale or unreadable must end in the batch result.
+#[pg_test]
+fn pg_test_sync_inserts_build_on_stored_state_and_rebuild_what_they_cannot_trust() {
+    live_demo("v11", 150, "sync");
+    let users: i64 = one("SELECT count(*) FROM segment.v11_users").unwrap();
+    assert_eq!(one::<i64>("SELECT count(*) FROM segment.v11_users WHERE live_tag IS NOT NULL"), Some(users), "built by segment_live");
+    let insert = |user: i64, when: &str| {
+        Spi::run(&format!(
+            "INSERT INTO v11_orders (user_id, created_at, amount, category) VALUES ({user}, {when}, 12.5, 'books')"
+        ))
+        .unwrap()
+    };
+    insert(5, "now() - interval '3 days'");
+    // orders written while live mode was off are not in the states: turning it on rebuilds them
+    Spi::run("SELECT segment_live('v11', 'off')").unwrap();
+    insert(5, "now() - interval '1 day'");
+    insert(6, "now() - interval '1 day'");
+    Spi::run("SELECT segment_live('v11', 'sync')").unwrap();
+    insert(5, "now()");
+    insert(6, "now()");
+    // a state of another model version, or one that is not a state, is rebuilt from the source
+    Spi::run("UPDATE segment.v11_users SET live_tag = 42 WHERE user_id = 7").unwrap();
+    Spi::run("UPDATE segment.v11_users SET live_orders = '\\x00' WHERE user_id = 8").unwrap();
+    Spi::run("UPDATE segment.v11_users SET live_events = '\\x0102' WHERE user_id = 9").unwrap();
+    for user in [7, 8, 9] {
+        insert(user, "now() - interval '2 hours'");
+    }
+    // an order dated tomorrow is kept in the state but counts only from tomorrow on
+    let before: f64 = one("SELECT frequency FROM segment.v11_users WHERE user_id = 10").unwrap();
+    insert(10, "now() + interval '1 day'");
+    assert_eq!(one::<f64>("SELECT frequency FROM segment.v11_users WHERE user_id = 10"), Some(before));
+    // events, in upper case and for a user known only from them
+    Spi::run(
+        "INSERT INTO v11_events (user_id, event_time, event_type, category) \
+         VALUES (11, now() - interval '1 hour', 'VIEW', 'books'), (11, now() + interval '2 days', 'Cart', 'books'), \
+                (9100, now() - interval '5 minutes', 'search', NULL)",
+    )
+    .unwrap();
+    // a statement touching more users than the few-users form handles, new ones among them
+    Spi::run(
+        "INSERT INTO v11_orders (user_id, created_at, amount, category) \
+         SELECT 1 + g % 400, now() - (g % 90) * interval '1 day', 3 + g % 50, (ARRAY['books', 'home', 'toys'])[1 + g % 3] \
+         FROM generate_series(1, 1200) g",
+    )
+    .unwrap();
+    // an index the direct row writes cannot maintain sends the writes through SQL
+    Spi::run("CREATE INDEX v11_users_expr ON segment.v11_users ((features[2]))").unwrap();
+    insert(12, "now()");
+    insert(9200, "now()");
+    assert_eq!(one::<f64>("SELECT frequency FROM segment.v11_users WHERE user_id = 9200"), Some(1.0));
+    assert_live_equals_batch("v11");
+    assert_eq!(
+        one::<i64>("SELECT count(*) FROM segment.v11_users WHERE live_tag IS NULL AND updated_at > now() - interval '1 hour'"),
+        Some(0),
+        "every user written by the live path has a state"
+    );
+}
+
 #[pg_test]
 fn pg_test_switched_personas_move_and_the_others_stay() {
     // 10% of the customers (lapsed ones) start behaving like frequent small buyers

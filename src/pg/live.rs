@@ -1378,6 +1378,14 @@ fn refresh_all(model: &str, refit: Option<bool>) -> Result<Vec<SegmentRow>> {
         embedding.ncols(),
         "refresh",
     )?;
+    // the rewrite dropped the users' live states: in sync mode, build them again now rather than
+    // on each user's next order
+    let mode: Option<String> =
+        Spi::get_one_with_args("SELECT (SELECT mode FROM segment.live WHERE model = $1)", &[model.into()])
+            .map_err(from_spi)?;
+    if mode.as_deref() == Some("sync") {
+        build_all_states(&live)?;
+    }
     apply(model, &touched, "order")?;
     let changed: i64 = moved.iter().map(|(_, n)| n).sum();
     let drift = changed as f64 / users.max(1) as f64;
