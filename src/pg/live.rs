@@ -469,6 +469,9 @@ fn states_from_source(live: &LiveModel, st: &StateSql, keys: &[String]) -> Resul
     })
 }
 
+/// A user as `write_states` writes them: key, features, then the state's orders and events.
+type Written = (String, Vec<Option<f64>>, Vec<u8>, Option<Vec<u8>>);
+
 /// Features, embedding and segment of each user from their state (None: no usable rows left),
 /// written with the states: through `direct` for users whose row it read (`rows`), through SQL
 /// for the others.
@@ -485,9 +488,9 @@ fn write_states(
     let n_feats = live.fitted.features.len();
     let with_events = live.events.is_some();
     let mut gone = Vec::new();
-    // (key, features, orders, events) of the users written through SQL, then directly
-    let mut by_sql = Vec::new();
-    let mut by_row = Vec::new();
+    // the users written through SQL, then directly
+    let mut by_sql: Vec<Written> = Vec::new();
+    let mut by_row: Vec<Written> = Vec::new();
     for (key, state) in states {
         let computed = state.as_ref().and_then(|(rows, tally)| {
             // a tally is always taken to the statement's time before it gets here
@@ -506,7 +509,7 @@ fn write_states(
             _ => gone.push(key),
         }
     }
-    let columns_of = |users: &[(String, Vec<Option<f64>>, Vec<u8>, Option<Vec<u8>>)]| -> Vec<Vec<Option<f64>>> {
+    let columns_of = |users: &[Written]| -> Vec<Vec<Option<f64>>> {
         (0..n_feats).map(|j| users.iter().map(|u| u.1[j]).collect()).collect()
     };
     let mut changes = Vec::new();
@@ -720,8 +723,33 @@ fn insert_to(model: &str, keys: &[String], orders: &[Option<Vec<u8>>], events: &
     let p = params_at(st, times);
     // SAFETY: in the writer's transaction, after the users' locks.
     let mut rows = unsafe { users_rows::Users::open(&users_table(model)) };
+    let mut changes = Vec::new();
+    // a chunk's rows are read and written while their pages are still in the buffers
+    for start in (0..keys.len()).step_by(INSERT_CHUNK) {
+        let range = start..(start + INSERT_CHUNK).min(keys.len());
+        let part = |v: &[Option<Vec<u8>>]| v.get(range.clone()).map(<[_]>::to_vec).unwrap_or_else(|| vec![None; range.len()]);
+        changes.extend(insert_chunk(&live, st, &p, rows.as_mut(), &keys[range.clone()], &part(orders), &part(events))?);
+    }
+    drop(rows);
+    notify(model, live.version, "order", &changes)?;
+    Ok(changes.len())
+}
+
+/// Users an INSERT statement's state merge handles at a time.
+const INSERT_CHUNK: usize = 1000;
+
+/// [`insert_to`] for some of the statement's users (`orders`, `events`: their parts, by position).
+fn insert_chunk(
+    live: &LiveModel,
+    st: &StateSql,
+    p: &Params,
+    mut rows: Option<&mut users_rows::Users>,
+    keys: &[String],
+    orders: &[Option<Vec<u8>>],
+    events: &[Option<Vec<u8>>],
+) -> Result<Vec<Change>> {
     let mut tids = HashMap::new();
-    let (old, mut stored) = match rows.as_mut() {
+    let (old, mut stored) = match rows.as_deref_mut() {
         Some(rows) => {
             let (mut old, mut stored) = (HashMap::with_capacity(keys.len()), HashMap::with_capacity(keys.len()));
             for key in keys {
@@ -737,17 +765,15 @@ fn insert_to(model: &str, keys: &[String], orders: &[Option<Vec<u8>>], events: &
             }
             (old, stored)
         }
-        None => read_users(&live, st.tag, keys)?,
+        None => read_users(live, st.tag, keys)?,
     };
     let mut states = Vec::with_capacity(keys.len());
     let mut rebuild = Vec::new();
     for (i, key) in keys.iter().enumerate() {
-        fn part(v: &[Option<Vec<u8>>], i: usize) -> Option<&[u8]> {
-            v.get(i).and_then(|b| b.as_deref())
-        }
+        let part = |v: &'_ [Option<Vec<u8>>]| v.get(i).and_then(|b| b.clone());
         let merged = stored.remove(key).and_then(|(rows, tally)| {
-            let new_rows = live_state::decode_rows(part(orders, i).unwrap_or_default())?;
-            let new_tally = part(events, i).map(Tally::decode);
+            let new_rows = live_state::decode_rows(&part(orders).unwrap_or_default())?;
+            let new_tally = part(events).map(|e| Tally::decode(&e));
             let tally = match (tally, new_tally) {
                 (None, None) => None,
                 (Some(t), None) => Some(t.at(p.as_of)?),
@@ -761,16 +787,13 @@ fn insert_to(model: &str, keys: &[String], orders: &[Option<Vec<u8>>], events: &
             None => rebuild.push(key.clone()),
         }
     }
-    let mut from_source = states_from_source(&live, st, &rebuild)?;
+    let mut from_source = states_from_source(live, st, &rebuild)?;
     states.extend(rebuild.into_iter().map(|k| {
         let state = from_source.remove(&k);
         (k, state)
     }));
-    let direct = rows.as_mut().map(|r| (r, &tids));
-    let changes = write_states(&live, st, &p, states, &old, direct, "order")?;
-    drop(rows);
-    notify(model, live.version, "order", &changes)?;
-    Ok(changes.len())
+    let direct = rows.map(|r| (r, &tids));
+    write_states(live, st, p, states, &old, direct, "order")
 }
 
 /// Writes every user's live state from the sources (turning sync mode on): users the sources no
@@ -831,7 +854,7 @@ fn lock_users(model: &str, keys: &[String]) -> Result<()> {
 /// What `pg_advisory_xact_lock*` do: `kind` 1 is the one-int8 form (high and low halves), 2 the
 /// two-int4 form.
 unsafe fn advisory_xact_lock(key1: u32, key2: u32, kind: u16, mode: u32) {
-    let mut tag = pg_sys::LOCKTAG {
+    let tag = pg_sys::LOCKTAG {
         locktag_field1: pg_sys::MyDatabaseId.to_u32(),
         locktag_field2: key1,
         locktag_field3: key2,
@@ -839,7 +862,7 @@ unsafe fn advisory_xact_lock(key1: u32, key2: u32, kind: u16, mode: u32) {
         locktag_type: pg_sys::LockTagType::LOCKTAG_ADVISORY as u8,
         locktag_lockmethodid: pg_sys::USER_LOCKMETHOD as u8,
     };
-    pg_sys::LockAcquire(&mut tag, mode as pg_sys::LOCKMODE, false, false);
+    pg_sys::LockAcquire(&tag, mode as pg_sys::LOCKMODE, false, false);
 }
 
 /// `hashtext(s)` (under the default collation, as the SQL spelling gets it).

@@ -141,7 +141,7 @@ impl Users {
                 primary = Some(index);
             }
         }
-        let Some(primary) = primary else { return None };
+        let primary = primary?;
         let opfamily = *(*primary).rd_opfamily;
         let opcintype = *(*primary).rd_opcintype;
         let op = pg_sys::get_opfamily_member(opfamily, opcintype, opcintype, pg_sys::BTEqualStrategyNumber as i16);
