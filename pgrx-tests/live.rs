@@ -292,6 +292,15 @@ fn pg_test_sync_inserts_build_on_stored_state_and_rebuild_what_they_cannot_trust
         Some(0),
         "every user written by the live path has a state"
     );
+    // the sync trigger put on some other table refuses to act (it runs as the extension's owner)
+    Spi::run(
+        "CREATE TABLE v11_other (user_id int8, created_at timestamptz, amount numeric, category text); \
+         CREATE TRIGGER misused AFTER INSERT ON v11_other REFERENCING NEW TABLE AS new_rows \
+           FOR EACH STATEMENT EXECUTE FUNCTION _segment_live_sync('v11', 'orders', 'user_id')",
+    )
+    .unwrap();
+    assert_eq!(sqlstate_of("INSERT INTO v11_other VALUES (1, now(), 5, 'books')").as_deref(), Some("42809"));
+    assert_eq!(one::<i64>("SELECT count(*) FROM segment.v11_queue"), Some(0), "nothing queued for it");
 }
 
 #[pg_test]

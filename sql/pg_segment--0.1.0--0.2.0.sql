@@ -147,7 +147,6 @@ CREATE FUNCTION "_segment_live_sync"()
 	LANGUAGE c
 	AS 'MODULE_PATHNAME', '_segment_live_sync_wrapper';
 ALTER FUNCTION _segment_live_sync() SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
-REVOKE ALL ON FUNCTION _segment_live_sync() FROM PUBLIC;
 
 
 -- Every live model's triggers are re-written by the new code (which also drops the queue's

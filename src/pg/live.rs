@@ -1541,9 +1541,10 @@ mod sync_trigger {
         Ok(None)
     }
 
+    // Not revoked from PUBLIC, so that whoever may turn live mode on can create the trigger (as
+    // for the PL/pgSQL functions it replaced): it acts only on the tables of the model it names.
     extension_sql!(
-        "ALTER FUNCTION _segment_live_sync() SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
-         REVOKE ALL ON FUNCTION _segment_live_sync() FROM PUBLIC;",
+        "ALTER FUNCTION _segment_live_sync() SECURITY DEFINER SET search_path = pg_catalog, pg_temp;",
         name = "live_sync_definer",
         requires = [_segment_live_sync]
     );
@@ -1602,6 +1603,23 @@ fn sync_insert(data: &pg_sys::TriggerData, model: &str, role: &str, user: &str) 
         insert(model, &keys, &orders, &events)
     });
     if let Err(message) = applied {
+        // Only a trigger on the model's own tables queues (this runs as the extension's owner:
+        // a trigger someone put on another table must not write, or cast their rows, as it).
+        let registered: Option<bool> = Spi::get_one_with_args(
+            "SELECT EXISTS (SELECT FROM segment.live WHERE model = $1 AND (source = $2 OR events = $2))",
+            &[model.into(), relid.into()],
+        )
+        .unwrap_or(Some(false));
+        if registered != Some(true) {
+            crate::pg::error::raise(
+                SegError::new(
+                    ErrorKind::WrongObjectType,
+                    format!("_segment_live_sync is not a live trigger of model \"{model}\" on this table"),
+                )
+                .detail(message)
+                .hint(format!("SELECT segment_live({}) installs the model's triggers", quote_literal(model))),
+            );
+        }
         let queue = quote_ident(&queue_table(model));
         let keys = format!("SELECT DISTINCT k FROM (SELECT {} FROM new_rows) s(k) WHERE k IS NOT NULL", quote_ident(user));
         let queued = Spi::connect_mut(|c| {

@@ -46,7 +46,7 @@ check "models, centroids, assignments and live mode survive the update" "$(finge
 check "the updated order features aggregate computes what 0.1.0's did" \
   "$(order_features "created_at, created_at AT TIME ZONE 'America/New_York'" "") ${#features_before}" "$features_before 32"
 check "the update leaves room for HOT updates in the users table" \
-  "$(q -c "SELECT reloptions::text FROM pg_class WHERE oid = 'segment.up_users'::regclass")" "{fillfactor=90}"
+  "$(q -c "SELECT reloptions::text FROM pg_class WHERE oid = 'segment.up_users'::regclass")" "{fillfactor=90,toast_tuple_target=8160}"
 user=$(q -c "SELECT min(user_id) FROM up_personas WHERE persona = 'lapsed'")
 q -c "INSERT INTO up_orders (user_id, created_at, amount, category)
       SELECT $user, date_trunc('day', now()) - g * interval '2 days', 20, 'grocery' FROM generate_series(1, 40) g" >/dev/null
