@@ -724,11 +724,19 @@ fn insert_to(model: &str, keys: &[String], orders: &[Option<Vec<u8>>], events: &
     // SAFETY: in the writer's transaction, after the users' locks.
     let mut rows = unsafe { users_rows::Users::open(&users_table(model)) };
     let mut changes = Vec::new();
-    // a chunk's rows are read and written while their pages are still in the buffers
-    for start in (0..keys.len()).step_by(INSERT_CHUNK) {
-        let range = start..(start + INSERT_CHUNK).min(keys.len());
-        let part = |v: &[Option<Vec<u8>>]| v.get(range.clone()).map(<[_]>::to_vec).unwrap_or_else(|| vec![None; range.len()]);
-        changes.extend(insert_chunk(&live, st, &p, rows.as_mut(), &keys[range.clone()], &part(orders), &part(events))?);
+    // Users in key order (numeric keys by value): a fit writes the users table in that order, so
+    // a statement touching many users reads and rewrites its pages about in sequence, and a
+    // chunk's rows are read and written while their pages are still in the buffers.
+    let mut order: Vec<usize> = (0..keys.len()).collect();
+    if keys.len() > 1 {
+        order.sort_by_cached_key(|&i| keys[i].parse::<i64>().map_err(|_| keys[i].clone()));
+    }
+    let part = |v: &[Option<Vec<u8>>], i: usize| v.get(i).cloned().flatten();
+    for chunk in order.chunks(INSERT_CHUNK) {
+        let chunk_keys: Vec<String> = chunk.iter().map(|&i| keys[i].clone()).collect();
+        let chunk_orders: Vec<Option<Vec<u8>>> = chunk.iter().map(|&i| part(orders, i)).collect();
+        let chunk_events: Vec<Option<Vec<u8>>> = chunk.iter().map(|&i| part(events, i)).collect();
+        changes.extend(insert_chunk(&live, st, &p, rows.as_mut(), &chunk_keys, &chunk_orders, &chunk_events)?);
     }
     drop(rows);
     notify(model, live.version, "order", &changes)?;

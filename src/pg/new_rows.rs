@@ -42,6 +42,18 @@ unsafe fn cast(from: Oid, to: Oid) -> Option<Cast> {
 }
 
 impl Cast {
+    /// The text form of `d` under this cast to text: an I/O cast's output function gives it
+    /// without making a `text` first.
+    unsafe fn text(&self, d: Datum) -> String {
+        match self {
+            Cast::ViaIo { output, .. } => {
+                let c = pg_sys::OidOutputFunctionCall(*output, d);
+                std::ffi::CStr::from_ptr(c).to_string_lossy().into_owned()
+            }
+            _ => text_of(self.apply(d)),
+        }
+    }
+
     unsafe fn apply(&self, d: Datum) -> Datum {
         match self {
             Cast::Same => d,
@@ -96,12 +108,14 @@ unsafe fn for_each_row(data: &pg_sys::TriggerData, mut f: impl FnMut(&[Datum], &
     pg_sys::ExecDropSingleTupleTableSlot(slot);
 }
 
+/// The bytes of a `text` datum (valid while the datum is).
+unsafe fn text_bytes<'a>(d: Datum) -> &'a [u8] {
+    let t = pg_sys::pg_detoast_datum_packed(d.cast_mut_ptr::<pg_sys::varlena>());
+    std::slice::from_raw_parts(pgrx::vardata_any(t) as *const u8, pgrx::varsize_any_exhdr(t))
+}
+
 unsafe fn text_of(d: Datum) -> String {
-    let t = d.cast_mut_ptr::<pg_sys::varlena>();
-    let t = pg_sys::pg_detoast_datum_packed(t);
-    let len = pgrx::varsize_any_exhdr(t);
-    let bytes = std::slice::from_raw_parts(pgrx::vardata_any(t) as *const u8, len);
-    String::from_utf8_lossy(bytes).into_owned()
+    String::from_utf8_lossy(text_bytes(d)).into_owned()
 }
 
 fn text_datum(s: &str) -> Datum {
@@ -159,7 +173,7 @@ pub unsafe fn order_parts(
         }
         let t = time.cast.apply(values[time.index]);
         let a = f64::from_bits(amount.cast.apply(values[amount.index]).value() as u64);
-        let key = text_of(user.cast.apply(values[user.index]));
+        let key = user.cast.text(values[user.index]);
         // the transition skips what is not a finite amount (its group still exists)
         let rows = users.entry(key);
         if !a.is_finite() {
@@ -175,8 +189,8 @@ pub unsafe fn order_parts(
         let (slot, hash) = match &category {
             Some(c) if !nulls[c.index] => {
                 let text = c.cast.apply(values[c.index]);
-                let name = text_of(text);
-                let slot = slots.iter().position(|s| *s == Some(name.as_str())).map_or(0, |i| i + 1);
+                let name = text_bytes(text);
+                let slot = slots.iter().position(|s| s.map(str::as_bytes) == Some(name)).map_or(0, |i| i + 1);
                 let hash = pg_sys::OidFunctionCall2Coll(
                     Oid::from(pg_sys::F_HASHTEXTEXTENDED),
                     c.collation,
@@ -244,7 +258,7 @@ pub unsafe fn event_parts(
                 Kind::Other
             }
         };
-        users.entry(text_of(user.cast.apply(values[user.index]))).push((t, k));
+        users.entry(user.cast.text(values[user.index])).push((t, k));
     });
     Some(
         users
